@@ -1,0 +1,1 @@
+"""One module per CLI command; each exposes a click command (``command`` or the command's name)."""

@@ -1,0 +1,188 @@
+"""Trace a VECA model at a fixed tier (or elastic over tiers) into ONNX, then simplify.
+
+Two exporters are supported: the TorchScript tracer (default: fast, opset 17 with
+LayerNormalization, a graph TensorRT 10 and ORT's quantizer both accept) and the torch.export
+based one (``dynamo``, opset >= 18; at 23 it emits the fused ``Attention`` op). See
+``docs/export.md`` for the measurements behind the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..runtimes.base import CORE_SELECT, IMAGES
+
+DEFAULT_OPSET = 17
+DEFAULT_EXPORTER = "torchscript"
+
+
+class TierModule(nn.Module):
+    """The model frozen at one core count: ``images -> (global, patches[, logits])``."""
+
+    def __init__(self, model: nn.Module, cores: int) -> None:
+        super().__init__()
+        self.model, self.cores = model, cores
+
+    def forward(self, images: Tensor):
+        lead = None if self.model.cfg.attention == "full" else self.cores
+        x, lead = self.model.forward_tokens(images, lead)
+        return self.model._outputs(x, lead)
+
+
+class ElasticModule(nn.Module):
+    """Core count read from the *length* of ``core_select`` so one graph serves every tier."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, core_select: Tensor):
+        cores = core_select.shape[0]
+        x, lead = self.model.forward_tokens(images, cores)
+        return self.model._outputs(x, lead)
+
+
+def output_names(model: nn.Module) -> list[str]:
+    return ["global", "patches"] + (["logits"] if model.cfg.num_classes else [])
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width: int,
+                cores: int | None = None, elastic_tiers: list[int] | None = None,
+                batch: int | str = "dynamic", opset: int = DEFAULT_OPSET,
+                exporter: str = DEFAULT_EXPORTER, metadata: dict[str, str] | None = None) -> Path:
+    """Export one graph with weights embedded (a single self-contained file)."""
+    path = Path(path)
+    model = model.eval()
+    outs = output_names(model)
+    b = 1 if batch == "dynamic" else int(batch)
+    images = torch.zeros(b, model.cfg.in_channels, height, width)
+    if elastic_tiers:
+        module: nn.Module = ElasticModule(model)
+        args: tuple = (images, torch.zeros(max(elastic_tiers)))
+        in_names = [IMAGES, CORE_SELECT]
+    else:
+        module = TierModule(model, cores if cores is not None else model.cfg.num_query_tokens)
+        args = (images,)
+        in_names = [IMAGES]
+    try:
+        if exporter == "torchscript":
+            _export_torchscript(module, args, path, in_names, outs, batch, bool(elastic_tiers), opset)
+        elif exporter == "dynamo":
+            _export_dynamo(module, args, path, in_names, outs, batch, elastic_tiers, opset)
+        else:
+            raise ExportError(f"unknown exporter {exporter!r} (torchscript or dynamo)")
+    except ExportError:
+        raise
+    except Exception as e:  # the exporters raise many types; name the step and the first line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"ONNX export failed for {path.name}: {msg[:300]}") from e
+    import onnx
+
+    m = onnx.load(str(path))
+    if metadata:
+        set_metadata(m, metadata)
+        onnx.save(m, str(path))
+    return path
+
+
+def _export_torchscript(module, args, path, in_names, outs, batch, elastic, opset) -> None:
+    axes: dict[str, dict[int, str]] = {}
+    if batch == "dynamic":
+        axes = {n: {0: "batch"} for n in [IMAGES, *outs]}
+    if elastic:
+        axes[CORE_SELECT] = {0: "cores"}
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=in_names, output_names=outs,
+                          dynamic_axes=axes or None, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
+
+
+def _export_dynamo(module, args, path, in_names, outs, batch, elastic_tiers, opset) -> None:
+    from torch.export import Dim
+
+    shapes: dict[str, Any] = {}
+    if batch == "dynamic":
+        shapes[IMAGES] = {0: Dim("batch", min=1, max=1024)}
+    else:
+        shapes[IMAGES] = None
+    if elastic_tiers:
+        shapes[CORE_SELECT] = {0: Dim("cores", min=min(elastic_tiers), max=max(elastic_tiers))}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, args, input_names=in_names, output_names=outs,
+                                 dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True,
+                                 external_data=False, optimize=True, verify=False)
+        prog.save(str(path), external_data=False)
+
+
+def set_metadata(model_proto, metadata: dict[str, str]) -> None:
+    """Write tier metadata into ``metadata_props`` (replacing keys already there)."""
+    keep = [p for p in model_proto.metadata_props if p.key not in metadata]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(keep)
+    for k, v in metadata.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = str(k), str(v)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def simplify_onnx(path: str | os.PathLike, tool: str = "onnxslim") -> dict[str, Any]:
+    """Simplify in place with onnxslim (default) or onnxsim; returns node counts before/after."""
+    import onnx
+
+    path = Path(path)
+    m = onnx.load(str(path))
+    before = len(m.graph.node)
+    meta = {p.key: p.value for p in m.metadata_props}
+    try:
+        if tool == "onnxslim":
+            import onnxslim
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                out = onnxslim.slim(m)
+        elif tool == "onnxsim":
+            import onnxsim
+
+            out, ok = onnxsim.simplify(m)
+            if not ok:
+                raise ExportError(f"onnxsim could not validate the simplified {path.name}")
+        elif tool == "none":
+            return {"tool": "none", "nodes_before": before, "nodes_after": before}
+        else:
+            raise ExportError(f"unknown simplifier {tool!r} (onnxslim, onnxsim or none)")
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"simplifying {path.name} with {tool} failed: {str(e).splitlines()[0][:300]}") from e
+    set_metadata(out, meta)
+    tmp = path.with_suffix(".tmp.onnx")
+    onnx.save(out, str(tmp))
+    os.replace(tmp, path)
+    return {"tool": tool, "nodes_before": before, "nodes_after": len(out.graph.node)}
+
+
+def op_histogram(path: str | os.PathLike) -> dict[str, int]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    hist: dict[str, int] = {}
+    for n in m.graph.node:
+        hist[n.op_type] = hist.get(n.op_type, 0) + 1
+    return dict(sorted(hist.items()))

@@ -1,0 +1,221 @@
+"""VECA in PyTorch: core-periphery attention with 2-D RoPE and moving core coordinates.
+
+Follows ``shared/docs/veca-architecture.md``; parameter names match the authors' checkpoints.
+The same module with ``attention="full"`` is the like-for-like ViT baseline (one global token
+plus the patches, all-to-all), so speed comparisons differ only in who attends to whom.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import VecaConfig
+
+
+def rope_inv_periods(head_dim: int, base: float, p_zero: float, zero_from: str) -> Tensor:
+    """2*pi/period for each of the head_dim/4 RoPE frequencies; switched-off ones are 0."""
+    n4 = head_dim // 4
+    i = torch.arange(n4, dtype=torch.float32)
+    periods = torch.tensor(base, dtype=torch.float32) ** (2 * i / (head_dim / 2))
+    n_zero = round(p_zero * n4)  # Python's round: half to even, as the reference does
+    inv = (2 * math.pi) / periods
+    if n_zero:
+        if zero_from == "low":
+            inv[n4 - n_zero:] = 0.0  # the longest periods
+        else:
+            inv[:n_zero] = 0.0
+    return inv
+
+
+def patch_coords(hp: int, wp: int) -> Tensor:
+    """(x, y) in [-1, 1] of every patch centre, row-major, shape [hp*wp, 2]."""
+    ys = (torch.arange(hp, dtype=torch.float32) + 0.5) / hp * 2 - 1
+    xs = (torch.arange(wp, dtype=torch.float32) + 0.5) / wp * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def rotate_half(t: Tensor) -> Tensor:
+    """(t0, t1, t2, t3, ...) -> (-t1, t0, -t3, t2, ...): rotation of adjacent pairs."""
+    pairs = t.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: VecaConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_channels, cfg.hidden_dim, cfg.patch_size, cfg.patch_size)
+        self.norm = nn.LayerNorm(cfg.hidden_dim) if cfg.patch_embed_use_ln else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with 2-D RoPE; ``cores`` > 0 selects the core-periphery pattern."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, t: Tensor) -> Tensor:
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, H, T, hd]
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cores is None:  # full attention (ViT baseline)
+            o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            kc, vc = k[:, :, :cores], v[:, :, :cores]
+            o_core = F.scaled_dot_product_attention(q[:, :, :cores], k, v, scale=self.scale)
+            o_patch = F.scaled_dot_product_attention(q[:, :, cores:], kc, vc, scale=self.scale)
+            o = torch.cat([o_core, o_patch], dim=2)
+        return self.out_proj(o.transpose(1, 2).flatten(2))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with SwiGLU MLP; weights shared by cores and patches."""
+
+    def __init__(self, cfg: VecaConfig) -> None:
+        super().__init__()
+        d, hm = cfg.hidden_dim, cfg.mlp_hidden
+        self.norm_attn = nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.num_heads)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 2 * hm)
+        self.fc2 = nn.Linear(hm, d)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
+        x = x + self.attn(self.norm_attn(x), cos, sin, cores)
+        u, v = self.fc1(self.norm_ffn(x)).chunk(2, dim=-1)
+        return x + self.fc2(F.silu(u) * v)
+
+
+class VECA(nn.Module):
+    """VECA backbone (optionally with a classification head).
+
+    ``forward(images, cores=None)`` returns ``(global [B, D_out], patches [B, N, D_out])``, and
+    ``(global, patches, logits [B, num_classes])`` when ``cfg.num_classes > 0``.
+    ``cores`` is a prefix budget: a multiple of the chunk size within the bank (None = all).
+    """
+
+    def __init__(self, cfg: VecaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, k = cfg.hidden_dim, cfg.nested_chunk_size
+        self.patch_embed = PatchEmbed(cfg)
+        if cfg.attention == "core":
+            n_chunks = cfg.num_query_tokens // k
+            self.query_token_chunks = nn.ParameterList(
+                [nn.Parameter(torch.randn(1, k, d) * 0.02) for _ in range(n_chunks)])
+            self.qcoord_chunks = nn.ParameterList(
+                [nn.Parameter(torch.randn(1, k, 2) * 0.5) for _ in range(n_chunks)])
+            self.pos_linears = nn.ModuleList([nn.Linear(d, 2) for _ in range(cfg.num_layers - 1)])
+            self.pos_alpha = nn.Parameter(torch.zeros(cfg.num_layers - 1))
+        else:
+            self.global_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.global_coord = nn.Parameter(torch.zeros(1, 1, 2))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.final_norm = nn.LayerNorm(d)
+        self.output_proj = nn.Linear(d, cfg.output_dim) if cfg.has_output_proj else None
+        self.head = nn.Linear(cfg.output_dim, cfg.num_classes) if cfg.num_classes else None
+        # angle = coord @ rope_proj: x drives the first head_dim/2 lanes, y the second half.
+        inv = rope_inv_periods(cfg.head_dim, cfg.rope_base, cfg.rope_p_zero_freqs, cfg.rope_zero_freqs_from)
+        lanes = inv.repeat_interleave(2)
+        proj = torch.zeros(2, cfg.head_dim)
+        proj[0, : cfg.head_dim // 2] = lanes
+        proj[1, cfg.head_dim // 2:] = lanes
+        self.register_buffer("rope_proj", proj, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        if self.cfg.attention == "core":
+            for lin in self.pos_linears:
+                nn.init.zeros_(lin.weight)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def config(self) -> VecaConfig:
+        return self.cfg
+
+    def core_bank(self) -> tuple[Tensor, Tensor]:
+        """The whole ordered bank: tokens [1, M, D] and raw coordinates [1, M, 2]."""
+        return torch.cat(list(self.query_token_chunks), 1), torch.cat(list(self.qcoord_chunks), 1)
+
+    def _rope(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        ang = (coords @ self.rope_proj).unsqueeze(1)  # [B|1, 1, T, hd]: same angles every head
+        return ang.cos(), ang.sin()
+
+    def forward_tokens(self, images: Tensor, cores: int | Tensor | None) -> tuple[Tensor, int | Tensor]:
+        """Final-normed (and projected) token sequence and the number of leading global tokens.
+
+        ``cores`` has been validated (or is a traced size for the elastic export).
+        """
+        b = images.shape[0]
+        hp, wp = images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size
+        patches = self.patch_embed(images)
+        pc = patch_coords(int(hp), int(wp)).to(patches.dtype).unsqueeze(0)  # constant per size
+        if self.cfg.attention == "full":
+            lead: int | Tensor = 1
+            x = torch.cat([self.global_token.expand(b, -1, -1), patches], 1)
+            coords = torch.cat([torch.tanh(self.global_coord), pc], 1)
+            cos, sin = self._rope(coords)
+            for blk in self.blocks:
+                x = blk(x, cos, sin, None)
+        else:
+            lead = cores
+            bank, raw_bank = self.core_bank()
+            tokens, raw = bank[:, :cores], raw_bank[:, :cores]
+            x = torch.cat([tokens.expand(b, -1, -1), patches], 1)
+            for i, blk in enumerate(self.blocks):
+                if i > 0:
+                    raw = raw + self.pos_alpha[i - 1] * self.pos_linears[i - 1](x[:, :cores])
+                core_xy = torch.tanh(raw)
+                coords = torch.cat([core_xy, pc.expand(core_xy.shape[0], -1, -1)], 1)
+                cos, sin = self._rope(coords)
+                x = blk(x, cos, sin, cores)
+        x = self.final_norm(x)
+        if self.output_proj is not None:
+            x = self.output_proj(x)
+        return x, lead
+
+    def forward(self, images: Tensor, cores: int | None = None) -> tuple[Tensor, ...]:
+        c = self.cfg.check_cores(cores)
+        p = self.cfg.patch_size
+        if images.ndim != 4 or images.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"images must be [B, {self.cfg.in_channels}, H, W], got {list(images.shape)}")
+        if images.shape[-2] % p or images.shape[-1] % p:
+            raise ValueError(f"H and W must be multiples of the patch size {p}, got {list(images.shape[-2:])}")
+        x, lead = self.forward_tokens(images, None if self.cfg.attention == "full" else c)
+        return self._outputs(x, lead)
+
+    def _outputs(self, x: Tensor, lead: int | Tensor) -> tuple[Tensor, ...]:
+        g, pt = x[:, 0], x[:, lead:]
+        if self.head is None:
+            return g, pt
+        return g, pt, self.head(g)
+
+    # -------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str, card: dict[str, Any] | None = None) -> None:
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory, card=card)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,78 @@
+"""ONNX Runtime runner (CPU; CUDA / TensorRT execution providers when installed)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable, BundleError
+from .base import Runner, TensorSpec
+
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+           "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+class OnnxRuntimeRunner(Runner):
+    """Options: ``providers`` (default CPU), ``threads`` (intra-op, default all cores),
+    ``graph_optimization`` ("all"), ``profile`` (ORT per-operator profiling file prefix)."""
+
+    backend = "onnxruntime"
+
+    def _activate(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - base dependency
+            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from e
+        so = ort.SessionOptions()
+        threads = self.options.get("threads")
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if self.options.get("profile"):
+            so.enable_profiling = True
+            so.profile_file_prefix = str(self.options["profile"])
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        missing = [p if isinstance(p, str) else p[0] for p in providers]
+        missing = [p for p in missing if p not in available]
+        if missing:
+            raise BackendUnavailable(f"ONNX Runtime provider(s) {', '.join(missing)} not available here "
+                                     f"(have {', '.join(available)})")
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.path), sess_options=so, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for corrupt graphs
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"{self.path.name}: ONNX Runtime cannot load it ({msg[:300]})") from None
+        self._inputs = [TensorSpec(i.name, _DTYPES.get(i.type, i.type),
+                                   tuple(d if isinstance(d, int) else None for d in i.shape))
+                        for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def input_specs(self) -> list[TensorSpec]:
+        self.activate()
+        return self._inputs
+
+    def output_names(self) -> list[str]:
+        self.activate()
+        return self._outputs
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self._outputs, feed)
+        return dict(zip(self._outputs, outs))
+
+    def _close(self) -> None:
+        if self.options.get("profile") and hasattr(self, "session"):
+            self.profile_file = self.session.end_profiling()
+        self.session = None
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"backend": self.backend, "version": ort.__version__,
+                "providers": self.options.get("providers") or ["CPUExecutionProvider"],
+                "threads": self.options.get("threads") or "default"}

@@ -1,0 +1,83 @@
+"""OpenVINO runner (CPU by default): LATENCY hint, thread count, model cache, explicit precision.
+
+On CPUs with bf16 units OpenVINO silently runs f32 models in bf16; we make the choice explicit
+(``inference_precision``: "f32" for parity checks, "bf16"/"f16" for speed) and record it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable, BundleError
+from .base import Runner, TensorSpec
+
+
+def _import_openvino():
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise BackendUnavailable("OpenVINO is not installed: pip install 'veca-deploy[openvino]'") from e
+    return ov
+
+
+class OpenVINORunner(Runner):
+    """Options: ``device`` ("CPU"), ``hint`` ("LATENCY" | "THROUGHPUT"), ``threads``,
+    ``cache_dir``, ``inference_precision`` ("f32" default, "bf16", "f16")."""
+
+    backend = "openvino"
+
+    def _activate(self) -> None:
+        ov = _import_openvino()
+        core = ov.Core()
+        device = self.options.get("device", "CPU")
+        cfg: dict[str, Any] = {"PERFORMANCE_HINT": self.options.get("hint", "LATENCY")}
+        if self.options.get("threads"):
+            cfg["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
+        prec = self.options.get("inference_precision", "f32")
+        if prec:
+            cfg["INFERENCE_PRECISION_HINT"] = prec
+        if self.options.get("cache_dir"):
+            cfg["CACHE_DIR"] = os.fspath(self.options["cache_dir"])
+        xml = os.fspath(self.path)
+        bin_path = os.path.splitext(xml)[0] + ".bin"
+        if xml.endswith(".xml") and not os.path.isfile(bin_path):
+            raise BundleError(f"{self.path.name}: missing weights file {os.path.basename(bin_path)}")
+        try:
+            model = core.read_model(xml)
+            self.compiled = core.compile_model(model, device, cfg)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg[:300]})") from None
+        self.request = self.compiled.create_infer_request()
+        self._inputs = []
+        for p in self.compiled.inputs:
+            shape = tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
+            self._inputs.append(TensorSpec(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()).name, shape))
+        self._outputs = [p.get_any_name() for p in self.compiled.outputs]
+        self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()},
+                         "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+
+    def input_specs(self) -> list[TensorSpec]:
+        self.activate()
+        return self._inputs
+
+    def output_names(self) -> list[str]:
+        self.activate()
+        return self._outputs
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = self.request.infer(feed)
+        return {name: np.array(res[out]) for name, out in zip(self._outputs, self.compiled.outputs)}
+
+    def _close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+    def describe(self) -> dict[str, Any]:
+        ov = _import_openvino()
+        d = {"backend": self.backend, "version": ov.get_version()}
+        d.update(getattr(self, "settings", {}))
+        return d
