@@ -17,7 +17,7 @@ _LAZY = {
     "VecaConfig": "veca_deploy.model.config",
     "load_checkpoint": "veca_deploy.model.checkpoint",
     "load_reference_model": "veca_deploy.model.checkpoint",
-    "export": "veca_deploy.export.pipeline",
+    "export": "veca_deploy.export",
     "quantize": "veca_deploy.calibration.quantize",
     "evaluate": "veca_deploy.calibration.evaluate",
     "train": "veca_deploy.train",
@@ -29,6 +29,8 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "export":  # the callable export package (see veca_deploy/export/__init__.py)
+        return import_module(_LAZY[name])
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'veca_deploy' has no attribute {name!r}")

@@ -11,7 +11,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ def _load_pickle(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported pickle content"
         raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, TypeError) as e:
+    except Exception as e:  # torch.load raises many types (RuntimeError, KeyError, EOFError, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     if not isinstance(obj, dict):
@@ -163,6 +162,9 @@ def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | 
         (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=1) + "\n")
         if card is not None:
             (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the folder ships as package data
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

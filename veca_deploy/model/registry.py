@@ -22,8 +22,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "large": dict(num_layers=24, hidden_dim=1024, num_heads=16, mlp_ratio=2.66667, num_query_tokens=64,
                   patch_size=16, default_image_size=(224, 224)),
     # Small enough to train on 2 CPU cores: Fashion-MNIST at its native 28 px (grey replicated to RGB).
-    "tiny": dict(num_layers=4, hidden_dim=64, num_heads=2, mlp_ratio=2.66667, num_query_tokens=32,
-                 patch_size=4, default_image_size=(28, 28), mean=(0.2860, 0.2860, 0.2860),
+    "tiny": dict(num_layers=4, hidden_dim=96, num_heads=3, mlp_ratio=2.66667, num_query_tokens=32,
+                 patch_size=7, default_image_size=(28, 28), mean=(0.2860, 0.2860, 0.2860),
                  std=(0.3530, 0.3530, 0.3530)),
 }
 

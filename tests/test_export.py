@@ -1,0 +1,190 @@
+"""Export: bundles, parity gates, elastic graphs, metadata, inspect/validate, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from safetensors.numpy import load_file
+
+import veca_deploy
+from veca_deploy.bundle import read_manifest
+from veca_deploy.cli import main as cli_main
+from veca_deploy.errors import ExportError, OutputExistsError, UsageError
+from veca_deploy.runtimes import create_runner
+from veca_deploy.runtimes.base import core_select
+
+
+def test_author_checkpoint_export_matches_author_outputs(tmp_path, golden_dir):
+    """ONNX Runtime on the exported graph vs the authors' PyTorch outputs (golden), C=16 and C=8."""
+    meta = json.loads((golden_dir / "cases.json").read_text())
+    cases = load_file(str(golden_dir / "cases.safetensors"))
+    out = tmp_path / "b"
+    wanted = [c for c in meta["cases"] if c["active_cores"] in (8, 16)]
+    sizes = sorted({(c["height"], c["width"]) for c in wanted})
+    veca_deploy.export(str(golden_dir / "checkpoint.pt"), out=out, cores=[8, 16], image_sizes=sizes,
+                       formats=["onnx"], precisions=["fp32"])
+    m = read_manifest(out)
+    for c in wanted:
+        art = m.find("onnx", "fp32", c["active_cores"], (c["height"], c["width"]), elastic=False)[0]
+        with create_runner("onnxruntime", out / art.path) as r:
+            got = r.infer({"images": cases[f"case{c['case']}.input"]})
+        np.testing.assert_allclose(got["global"], cases[f"case{c['case']}.global"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got["patches"], cases[f"case{c['case']}.patches"], atol=1e-4, rtol=0)
+    assert any(h != w for h, w in sizes)  # a non-square tier is covered
+
+
+def test_bundle_manifest_contract(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    assert m.schema_version == 1
+    assert m.model["random_weights"] is True and m.model["source"] == "registry:veca_tiny"
+    assert set(m.preprocess) >= {"mean", "std", "color_order", "resize"}
+    assert {"torch", "onnx", "onnxruntime", "openvino"} <= set(m.versions)
+    kinds = {(a.format, a.precision, a.elastic) for a in m.artifacts}
+    assert kinds == {("onnx", "fp32", False), ("openvino", "fp32", False), ("onnx", "fp32", True)}
+    assert sorted({c for c, _, _ in m.tiers()}) == [8, 16, 24, 32]
+    for a in m.artifacts:
+        d = a.to_dict()
+        for key in ("format", "precision", "cores", "height", "width", "path", "sha256", "bytes", "parity", "flops", "params"):
+            assert key in d
+        assert (tiny_bundle / a.path).stat().st_size == a.bytes
+        assert a.flops > 0 and a.params == m.model["parameters"]
+    flops = {a.cores: a.flops for a in m.find("onnx", "fp32", elastic=False)}
+    assert flops[8] < flops[16] < flops[32]
+
+
+def test_elastic_graph_serves_every_tier_with_one_set_of_weights(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    el = m.find("onnx", "fp32", elastic=True)[0]
+    assert el.tiers == [8, 16, 24, 32] and set(el.parity) == {"8", "16", "24", "32"}
+    per_tier = m.find("onnx", "fp32", elastic=False)
+    assert el.bytes <= 1.1 * min(a.bytes for a in per_tier)
+    x = np.random.default_rng(0).standard_normal((2, 3, 28, 28)).astype(np.float32)
+    with create_runner("onnxruntime", tiny_bundle / el.path) as r:
+        for a in per_tier:
+            with create_runner("onnxruntime", tiny_bundle / a.path) as fixed:
+                want = fixed.infer({"images": x})
+            got = r.infer({"images": x, "core_select": core_select(a.cores)})
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], atol=1e-5)
+
+
+def test_tier_metadata_inside_files(tiny_bundle):
+    from veca_deploy.export.onnx_export import read_metadata
+    from veca_deploy.export.openvino_export import read_rt_info
+
+    m = read_manifest(tiny_bundle)
+    a = m.find("onnx", "fp32", 16, elastic=False)[0]
+    meta = read_metadata(tiny_bundle / a.path)
+    assert meta["veca.cores"] == "16" and meta["veca.height"] == "28" and meta["veca.precision"] == "fp32"
+    ov = m.find("openvino", "fp32", 24)[0]
+    info = read_rt_info(tiny_bundle / ov.path)
+    assert info.get("cores") == "24" and info.get("model") == "veca_tiny"
+
+
+def test_graph_quality(tiny_bundle):
+    m = read_manifest(tiny_bundle)
+    a = m.find("onnx", "fp32", 8, elastic=False)[0]
+    g = onnx.load(str(tiny_bundle / a.path))
+    ops = [n.op_type for n in g.graph.node]
+    for banned in ("Dropout", "RandomUniform", "RandomNormal", "RandomUniformLike", "Range", "Trilu"):
+        assert banned not in ops, banned
+    # patch RoPE tables are constants: only the per-image core angles need Cos/Sin
+    # (one pair per layer >= 1, plus at most one for layer 0)
+    assert ops.count("Cos") <= 4 and ops.count("Sin") <= 4
+    assert a.details["simplify"]["nodes_after"] < a.details["simplify"]["nodes_before"]
+    assert g.opset_import[0].version == 17
+
+
+def test_registry_name_needs_random_weights(tmp_path):
+    with pytest.raises(UsageError, match="--random-weights"):
+        veca_deploy.export("veca_small", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_output_is_kept_without_force(tiny_bundle, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, out)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(OutputExistsError):
+        veca_deploy.export("veca_tiny", random_weights=True, out=out, cores=[8], formats=["onnx"], precisions=["fp32"])
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_failed_parity_gate_writes_nothing(tmp_path, monkeypatch):
+    import veca_deploy.export.parity as parity
+
+    monkeypatch.setattr(parity, "FP32_REL_TOL", 0.0)  # no real graph is bit-exact: the gate must trip
+    with pytest.raises(ExportError, match="parity gate failed.*onnx/c8_28x28.onnx"):
+        veca_deploy.export("veca_tiny", random_weights=True, out=tmp_path / "b", cores=[8], formats=["onnx"],
+                           precisions=["fp32"])
+    assert os.listdir(tmp_path) == []  # no bundle, no staging leftovers
+
+
+def test_bad_export_arguments(tmp_path):
+    for kw, msg in [(dict(cores=[12]), "not a tier"), (dict(image_sizes=[(30, 28)]), "multiple of the patch"),
+                    (dict(formats=["tflite"]), "unknown format"), (dict(precisions=["int4"]), "unknown precision"),
+                    (dict(precisions=["int8"]), "calibration data")]:
+        with pytest.raises(UsageError, match=msg):
+            veca_deploy.export("veca_tiny", random_weights=True, out=tmp_path / "b", **kw)
+    assert not (tmp_path / "b").exists()
+
+
+def test_dynamo_exporter_and_static_batch(tmp_path):
+    out = tmp_path / "d"
+    veca_deploy.export("veca_tiny", random_weights=True, out=out, cores=[16], formats=["onnx"], precisions=["fp32"],
+                       exporter="dynamo", batch=2, opset=18)
+    a = read_manifest(out).artifacts[0]
+    assert a.batch == 2 and a.details["exporter"] == "dynamo"
+    g = onnx.load(str(out / a.path))
+    assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+
+
+# ------------------------------------------------------------------------------- CLI
+def _cli(*args) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "veca_deploy.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_cli_inspect_and_validate(tiny_bundle):
+    assert cli_main(["inspect", str(tiny_bundle)]) == 0
+    code, text = _cli("inspect", str(tiny_bundle), "--json")
+    assert code == 0 and json.loads(text)["schema_version"] == 1
+    code, text = _cli("validate", str(tiny_bundle))
+    assert code == 0, text
+    assert "valid" in text
+
+
+def test_validate_names_a_tampered_file(tiny_bundle, tmp_path):
+    out = tmp_path / "t"
+    shutil.copytree(tiny_bundle, out)
+    m = read_manifest(out)
+    victim = m.find("openvino", "fp32", 16)[0]
+    bin_path = out / victim.files[0].path
+    data = bytearray(bin_path.read_bytes())
+    data[100] ^= 0xFF
+    bin_path.write_bytes(bytes(data))
+    code, text = _cli("validate", str(out))
+    assert code == 5
+    assert "openvino-fp32-c16-28x28" in text and "sha256 mismatch" in text
+    assert "Traceback" not in text
+    os.remove(out / m.find("onnx", "fp32", 8, elastic=False)[0].path)
+    code, text = _cli("validate", str(out))
+    assert code == 5 and "missing file" in text
+
+
+def test_cli_export_refuses_existing_and_bad_input(tiny_bundle, tmp_path):
+    code, text = _cli("export", "veca_tiny", "--random-weights", "--out", str(tiny_bundle), "-q")
+    assert code == 10 and "exists" in text and "Traceback" not in text
+    code, text = _cli("export", "/no/such/ckpt.pt", "--out", str(tmp_path / "z"), "-q")
+    assert code == 2 and "neither a registry name" in text
+    code, text = _cli("export", "--image-size", "abc", "--out", str(tmp_path / "z"), "-q")
+    assert code == 2 and "image size" in text
+    assert not (tmp_path / "z").exists()

@@ -1,0 +1,153 @@
+"""The PyTorch VECA against the authors' golden vectors, plus our own invariants."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import veca_deploy
+from veca_deploy.errors import UsageError
+from veca_deploy.model.flops import forward_flops, param_count
+from veca_deploy.model.registry import FAMILIES, list_models, model_config
+from veca_deploy.model.veca import VECA, rope_inv_periods
+
+
+def _cases(golden_dir):
+    meta = json.loads((golden_dir / "cases.json").read_text())
+    return meta, load_file(str(golden_dir / "cases.safetensors"))
+
+
+def test_golden_vectors_match_to_1e5(golden_dir):
+    model = veca_deploy.load_checkpoint(golden_dir / "checkpoint.pt")
+    meta, cases = _cases(golden_dir)
+    assert model.num_params() == meta["parameters"]
+    assert len(meta["cases"]) >= 4
+    for case in meta["cases"]:
+        i = case["case"]
+        x = cases[f"case{i}.input"]
+        assert list(x.shape) == [case["batch"], 3, case["height"], case["width"]]
+        with torch.no_grad():
+            g, p = model(x, cores=case["active_cores"])
+        torch.testing.assert_close(g, cases[f"case{i}.global"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(p, cases[f"case{i}.patches"], atol=1e-5, rtol=0)
+
+
+def test_golden_includes_non_square(golden_dir):
+    meta, _ = _cases(golden_dir)
+    assert any(c["height"] != c["width"] for c in meta["cases"])
+
+
+@pytest.mark.parametrize("cores", [0, 4, 12, 40, -8, 8.0, True])
+def test_invalid_core_counts_are_value_errors(cores):
+    m = veca_deploy.create_model("veca_tiny")
+    with pytest.raises(ValueError, match="cores"):
+        m(torch.zeros(1, 3, 28, 28), cores=cores)
+
+
+def test_bad_image_shapes_are_value_errors():
+    m = veca_deploy.create_model("veca_tiny")
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        m(torch.zeros(1, 3, 30, 28))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        m(torch.zeros(1, 1, 28, 28))
+
+
+def test_prefix_semantics_cores_are_a_prefix_of_the_bank():
+    """Running with C cores must equal a model whose bank holds only the first C cores."""
+    torch.manual_seed(0)
+    big = VECA(model_config("veca_tiny"))
+    big.pos_alpha.data.normal_()  # make coordinate motion matter
+    for lin in big.pos_linears:
+        torch.nn.init.normal_(lin.weight, std=0.1)
+    small = VECA(model_config("veca_tiny", num_query_tokens=16))
+    sd = {k: v for k, v in big.state_dict().items() if "chunks." not in k or int(k.split(".")[1]) < 2}
+    small.load_state_dict(sd)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        a = big(x, cores=16)
+        b = small(x)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+
+
+def test_patches_do_not_attend_to_each_other():
+    """Changing one patch may change other patches' outputs only through the cores: with one
+    layer, other patches' outputs are unchanged when the cores' keys and values are unchanged."""
+    torch.manual_seed(0)
+    cfg = model_config("veca_tiny", num_layers=1)
+    m = VECA(cfg).eval()
+    x = torch.randn(1, 3, 28, 28)
+    y = x.clone()
+    y[..., :7, :7] += 1.0  # perturb patch 0 only
+    with torch.no_grad():
+        tok_x, _ = m.forward_tokens(x, 8)
+        tok_y, _ = m.forward_tokens(y, 8)
+    # cores attend to the perturbed patch, so they change; in a single layer the other patches
+    # only read the cores' keys/values, which are computed from the *input* core tokens (unchanged)
+    torch.testing.assert_close(tok_x[:, 8 + 1:], tok_y[:, 8 + 1:])
+    assert not torch.allclose(tok_x[:, 8], tok_y[:, 8])
+
+
+def test_vit_baseline_is_all_to_all_and_same_width():
+    torch.manual_seed(0)
+    vit = veca_deploy.create_model("vit_tiny").eval()
+    veca = veca_deploy.create_model("veca_tiny")
+    assert vit.cfg.hidden_dim == veca.cfg.hidden_dim and vit.cfg.num_layers == veca.cfg.num_layers
+    assert vit.cfg.mlp_hidden == veca.cfg.mlp_hidden
+    x = torch.randn(1, 3, 28, 28)
+    y = x.clone()
+    y[..., :7, :7] += 1.0
+    with torch.no_grad():
+        g, p = vit(x)
+        _, q = vit(y)
+    assert g.shape == (1, 96) and p.shape == (1, 16, 96)
+    assert not torch.allclose(p[:, 5], q[:, 5])  # patch 5 sees patch 0 directly
+    with pytest.raises(ValueError):
+        vit(x, cores=8)
+
+
+def test_head_adds_logits():
+    m = veca_deploy.create_model("veca_tiny", num_classes=10).eval()
+    with torch.no_grad():
+        out = m(torch.zeros(2, 3, 28, 28), cores=8)
+    assert len(out) == 3 and out[2].shape == (2, 10)
+
+
+def test_registry_lists_families_and_baselines():
+    names = list_models()
+    for fam in ("small", "splus", "base", "large", "tiny"):
+        assert f"veca_{fam}" in names and f"vit_{fam}" in names
+    assert model_config("veca_splus").mlp_hidden == 1536
+    assert model_config("veca_small").mlp_hidden == 1024
+    with pytest.raises(UsageError, match="unknown model"):
+        veca_deploy.create_model("veca_huge")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_analytic_params_match_the_module(family):
+    for name in (f"veca_{family}", f"vit_{family}"):
+        cfg = model_config(name, num_classes=7, distill_output_dim=32)
+        with torch.device("meta"):
+            m = VECA(cfg)
+        assert param_count(cfg) == sum(p.numel() for p in m.parameters())
+
+
+def test_flops_scale_linearly_for_veca_and_quadratically_for_vit():
+    veca, vit = model_config("veca_small"), model_config("vit_small")
+    r_veca = forward_flops(veca, 1024, 1024, 16) / forward_flops(veca, 512, 512, 16)
+    r_vit = forward_flops(vit, 1024, 1024) / forward_flops(vit, 512, 512)
+    assert 3.9 < r_veca < 4.2 and r_vit > 4.5
+
+
+def test_rope_zero_frequencies():
+    inv = rope_inv_periods(64, 100.0, 0.125, "low")  # 16 periods, round(2.0) = 2 zeroed at the end
+    assert inv.shape == (16,) and (inv[-2:] == 0).all() and (inv[:-2] > 0).all()
+    inv = rope_inv_periods(64, 100.0, 0.125, "high")
+    assert (inv[:2] == 0).all() and (inv[2:] > 0).all()
+    inv = rope_inv_periods(32, 100.0, 0.125, "low")  # round(1.0) = 1
+    assert (inv == 0).sum() == 1
+    inv = rope_inv_periods(16, 100.0, 0.125, "low")  # round(0.5) = 0: half to even
+    assert (inv == 0).sum() == 0

@@ -1,0 +1,54 @@
+"""``veca-deploy export``: model -> parity-checked bundle."""
+
+from __future__ import annotations
+
+import click
+
+from .common import console, parse_int_list, parse_list, parse_size, progress_reporter
+
+
+@click.command("export")
+@click.argument("source", required=False)
+@click.option("--cores", help="Core tiers, e.g. 8,16,32,64 (default: the model's tiers, at most 4).")
+@click.option("--image-size", "image_sizes", multiple=True, help="N or HxW; repeat for several sizes.")
+@click.option("--formats", default="onnx,openvino", show_default=True, help="onnx, openvino.")
+@click.option("--precision", "precisions", default="fp32,fp16", show_default=True, help="fp32, fp16, int8.")
+@click.option("--calib", help="Calibration data for int8: a folder of images, a .npy/.npz, or fashion-mnist.")
+@click.option("--calib-size", type=int, default=None, help="Calibration images (default 512).")
+@click.option("--allow-drop", type=float, default=None, help="Accept an accuracy drop up to X points.")
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--simplifier", type=click.Choice(["onnxslim", "onnxsim", "none"]), default="onnxslim", show_default=True)
+@click.option("--elastic", is_flag=True, help="Also write one elastic ONNX serving every tier.")
+@click.option("--random-weights", is_flag=True, help="Export a registry model with random weights (latency work).")
+@click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder / accept a small calibration set.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def command(source, cores, image_sizes, formats, precisions, calib, calib_size, allow_drop, batch, opset, exporter,
+            simplifier, elastic, random_weights, out, force, quiet):
+    """Export SOURCE (the built-in reference model by default, a registry name with
+    --random-weights, or a checkpoint path) into a bundle at --out."""
+    from ..errors import UsageError
+    from ..export import export
+
+    if batch != "dynamic":
+        try:
+            batch = int(batch)
+        except ValueError:
+            raise UsageError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
+    calib_options = {"force": force}
+    if calib_size is not None:
+        calib_options["num_samples"] = calib_size
+    if allow_drop is not None:
+        calib_options["allow_drop"] = allow_drop
+    with progress_reporter(not quiet) as report:
+        manifest = export(
+            source, out=out, cores=parse_int_list(cores, "--cores"),
+            image_sizes=[parse_size(s) for s in image_sizes] or None,
+            formats=parse_list(formats) or ["onnx"], precisions=parse_list(precisions) or ["fp32"],
+            batch=batch, opset=opset or 17, exporter=exporter, simplifier=simplifier, elastic=elastic,
+            force=force, random_weights=random_weights, calib=calib, calib_options=calib_options,
+            progress=report)
+    n = len(manifest.artifacts)
+    console.print(f"[green]wrote[/green] {out}: {n} artifacts, {len(manifest.tiers())} tiers, all parity gates passed")

@@ -1,0 +1,76 @@
+"""``veca-deploy build-trt`` and ``veca-deploy check-trt``: TensorRT engines for a bundle.
+
+``check-trt`` runs anywhere (no TensorRT, no GPU) so problems surface on the export machine;
+``build-trt`` runs on the device that will execute the engines.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from ..errors import ExportError
+from .common import console, out, parse_int_list, parse_list, progress_reporter
+
+
+@click.command("build-trt")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--tiers", default=None, help="Core tiers to build, e.g. 8,16 (default: every tier in the bundle).")
+@click.option("--precision", "precision", default="fp16", show_default=True,
+              help="ONNX precisions to build, comma-separated (fp32, fp16, int8). Engines keep the ONNX types.")
+@click.option("--workspace", "workspace_mb", type=int, default=None,
+              help="Builder workspace in MiB (default: half the free memory on Jetson, 90% on a discrete GPU).")
+@click.option("--no-elastic", is_flag=True, help="Skip elastic graphs (one profile per tier).")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the engines accept.")
+@click.option("--no-timing-cache", is_flag=True, help="Do not read or write the bundle's timing cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def build_trt(bundle_dir: str, tiers: str | None, precision: str, workspace_mb: int | None, no_elastic: bool,
+              max_batch: int, no_timing_cache: bool, quiet: bool) -> None:
+    """Build TensorRT engines (strongly typed plans) from the bundle's ONNX graphs, on this device."""
+    from ..export.tensorrt_build import build_engines
+
+    with progress_reporter(not quiet) as rep:
+        arts = build_engines(bundle_dir, tiers=parse_int_list(tiers, "--tiers"),
+                             precisions=tuple(parse_list(precision) or ["fp16"]), workspace_mb=workspace_mb,
+                             elastic=not no_elastic, timing_cache=not no_timing_cache, progress=rep,
+                             max_batch=max_batch)
+    table = Table(title=f"TensorRT engines in {bundle_dir}")
+    for col in ("engine", "tiers", "MiB", "GPU", "TensorRT", "build s"):
+        table.add_column(col)
+    for a in arts:
+        d = a.details
+        table.add_row(a.id, ",".join(map(str, a.tiers)), f"{a.bytes / 2**20:.1f}", str(d.get("gpu")),
+                      str(d.get("tensorrt")), str(d.get("build_seconds")))
+    out.print(table)
+
+
+@click.command("check-trt")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--trt-version", default=None, help="TensorRT release to check against (default 10.3, JetPack 6.1/6.2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+def check_trt(bundle_dir: str, trt_version: str | None, as_json: bool) -> None:
+    """Check that every ONNX graph of a bundle would build with TensorRT (no TensorRT needed)."""
+    from ..export.trt_check import DEFAULT_TRT_VERSION, check_bundle_for_tensorrt
+
+    results = check_bundle_for_tensorrt(bundle_dir, trt_version or DEFAULT_TRT_VERSION)
+    if as_json:
+        click.echo(json.dumps([{"artifact": aid, **rep.to_dict()} for aid, rep in results], indent=1))
+    else:
+        table = Table(title=f"TensorRT {trt_version or DEFAULT_TRT_VERSION} readiness of {bundle_dir}")
+        for col in ("artifact", "result", "nodes", "dynamic dims", "detail"):
+            table.add_column(col)
+        for aid, rep in results:
+            dyn = ", ".join(f"{n}[{ax}]" for n, dims in rep.dynamic_dims.items() for ax in dims) or "-"
+            detail = rep.summary() if not rep.ok else ("; ".join(rep.warnings) or "-")
+            table.add_row(aid, "[green]ok[/]" if rep.ok else "[red]FAIL[/]", str(len(rep.nodes)), dyn, detail)
+        out.print(table)
+    failed = [(aid, rep) for aid, rep in results if not rep.ok]
+    if failed:
+        aid, rep = failed[0]
+        more = f" (and {len(failed) - 1} more graph(s))" if len(failed) > 1 else ""
+        raise ExportError(f"{len(failed)} of {len(results)} graph(s) would not build with TensorRT: "
+                          f"{aid}: {rep.summary()}{more}")
+    if not as_json:
+        console.print(f"all {len(results)} graph(s) pass the static TensorRT check")
