@@ -1,0 +1,290 @@
+"""Tier selection and the adaptive runtime, driven by synthetic profiles (deterministic: the shared
+CPU is far too noisy to assert on real latencies) plus one real profiling run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import veca_deploy
+from veca_deploy.bundle.io import write_manifest
+from veca_deploy.bundle.reader import Bundle
+from veca_deploy.cli import main
+from veca_deploy.errors import BudgetError, UsageError
+from veca_deploy.runtimes.fingerprint import device_fingerprint, device_id
+from veca_deploy.runtimes.timing import PERCENTILES, Timing
+from veca_deploy.selector import AdaptiveController, Profile, candidates, profile_path, save_profile, select
+from veca_deploy.selector.candidates import Candidate, resolve_backends
+from veca_deploy.selector.select import Measured, rank
+
+#: synthetic p-anything latency (ms) per core count; openvino +1 ms, elastic +0.5 ms
+BASE = {8: 2.0, 16: 4.0, 24: 6.0, 32: 8.0}
+
+
+def synthetic_latency(c: Candidate) -> float:
+    return BASE[c.cores] + (1.0 if c.backend == "openvino" else 0.0) + (0.5 if c.artifact.elastic else 0.0)
+
+
+def timing(lat: float, tail: float | None = None) -> dict:
+    samples = [lat] * 90 + [tail if tail is not None else lat] * 10
+    pct = {str(q): float(np.percentile(samples, q)) for q in PERCENTILES}
+    return Timing(load_ms=1.0, first_ms=1.0, count=100, warmup=0, batch=1, mean_ms=float(np.mean(samples)),
+                  min_ms=lat, max_ms=max(samples), percentiles_ms=pct, throughput_ips=1e3 / lat, rss_mb=None,
+                  peak_rss_mb=None, samples_ms=samples).to_dict()
+
+
+def write_profile(root: Path, latency=synthetic_latency, tails: dict[int, float] | None = None) -> Path:
+    b = Bundle.open(root)
+    fp = device_fingerprint()
+    prof = Profile(device=device_id(fp), fingerprint=fp)
+    for c in candidates(b, ["onnxruntime", "openvino"]):
+        lat = latency(c)
+        prof.entries[c.key] = {"artifact": c.artifact.id, "sha256": c.artifact.sha256, "error": None,
+                               "timing": timing(lat, (tails or {}).get(c.cores))}
+    return save_profile(b, prof)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sel") / "b"
+    shutil.copytree(tiny_bundle, root)
+    write_profile(root)
+    return root
+
+
+# ---------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("budget,cores", [(3, 8), (5, 16), (7, 24), (10, 32), (1000, 32)])
+def test_selection_follows_budget(bundle, budget, cores):
+    sel = select(Bundle.open(bundle), budget, backend="onnxruntime,openvino", measure=False)
+    assert sel.chosen.cand.cores == cores
+    assert sel.chosen.latency_ms <= budget * 0.9
+    # ties in quality go to the fastest backend / artifact: per-tier ONNX here
+    assert sel.chosen.cand.tier.backend == "onnxruntime" and not sel.chosen.cand.artifact.elastic
+
+
+def test_selection_monotone_in_budget(bundle):
+    b = Bundle.open(bundle)
+    chosen = [select(b, budget, measure=False).chosen.cand.cores for budget in (2.5, 4, 6, 8, 9.5, 50)]
+    assert chosen == sorted(chosen) and chosen[0] == 8 and chosen[-1] == 32
+
+
+def test_margin_and_percentile(tmp_path, tiny_bundle):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    write_profile(root, tails={32: 30.0})  # C=32 has a slow tail: p50 fits 10 ms, p95 does not
+    b = Bundle.open(root)
+    assert select(b, 10, percentile=50, backend="onnxruntime", measure=False).chosen.cand.cores == 32
+    assert select(b, 10, percentile=95, backend="onnxruntime", measure=False).chosen.cand.cores == 24
+    # margin: 6.6 ms budget fits C=24 (6 ms) with no margin, not with 10 %
+    assert select(b, 6.6, margin=0.0, backend="onnxruntime", measure=False).chosen.cand.cores == 24
+    assert select(b, 6.6, margin=0.1, backend="onnxruntime", measure=False).chosen.cand.cores == 16
+
+
+def test_accuracy_from_manifest_beats_core_count(tmp_path, tiny_bundle):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    b = Bundle.open(root)
+    for a in b.manifest.artifacts:  # pretend C=24 measured better than C=32
+        a.accuracy = {"per_tier": {str(c): {8: 0.80, 16: 0.85, 24: 0.90, 32: 0.88}[c] for c in a.tiers}}
+    write_manifest(root, b.manifest)
+    write_profile(root)
+    sel = select(Bundle.open(root), 100, backend="onnxruntime", measure=False)
+    assert sel.chosen.cand.cores == 24 and sel.chosen.cand.accuracy == pytest.approx(0.90)
+
+
+def test_card_top1_used_for_fp32(tmp_path, tiny_bundle):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    b = Bundle.open(root)
+    b.manifest.model["card_top1"] = {"8": 70.0, "16": 91.0, "24": 80.0, "32": 85.0}  # cards say percent
+    el = next(a for a in b.manifest.artifacts if a.elastic)
+    el.accuracy = {"metric": "cosine", "per_tier": {str(c): 0.9999 for c in el.tiers}}  # not a top-1
+    write_manifest(root, b.manifest)
+    write_profile(root)
+    sel = select(Bundle.open(root), 100, backend="onnxruntime", measure=False)
+    assert sel.chosen.cand.cores == 16 and sel.chosen.cand.accuracy == pytest.approx(0.91)
+    assert all(m.cand.accuracy == pytest.approx(0.85) for m in sel.ranked if m.cand.cores == 32)
+
+
+def test_rank_without_accuracy_prefers_cores_size_precision(bundle):
+    b = Bundle.open(bundle)
+    base = next(a for a in b.artifacts if a.format == "onnx" and not a.elastic and a.cores == 16)
+    import dataclasses
+
+    def art(**kw):
+        return dataclasses.replace(base, id="", **kw)
+
+    ms = [Measured(Candidate(art(precision="int8"), 16, None), 1.0),
+          Measured(Candidate(art(precision="fp16"), 16, None), 1.0),
+          Measured(Candidate(art(), 16, None), 1.0),
+          Measured(Candidate(art(height=56, width=56), 16, None), 5.0),
+          Measured(Candidate(art(cores=32, tiers=[32]), 32, None), 5.0),
+          Measured(Candidate(art(precision="int8"), 8, 0.5), 9.0)]  # the only measured accuracy wins
+    order = [(m.cand.cores, m.cand.artifact.height, m.cand.artifact.precision) for m in rank(ms)]
+    assert order == [(8, base.height, "int8"), (32, base.height, "fp32"), (16, 56, "fp32"),
+                     (16, base.height, "fp32"), (16, base.height, "fp16"), (16, base.height, "int8")]
+
+
+def test_budget_error_names_fastest(bundle):
+    with pytest.raises(BudgetError, match=r"fastest.*C=8.*takes 2 ms"):
+        select(Bundle.open(bundle), 1.5, backend="onnxruntime", measure=False)
+
+
+@pytest.mark.parametrize("budget", [0, -5, float("nan"), float("inf")])
+def test_bad_budget_is_usage_error(bundle, budget):
+    with pytest.raises(UsageError):
+        select(Bundle.open(bundle), budget, measure=False)
+
+
+def test_bad_backend_and_percentile(bundle):
+    b = Bundle.open(bundle)
+    with pytest.raises(UsageError, match="unknown backend"):
+        select(b, 10, backend="cuda", measure=False)
+    with pytest.raises(UsageError):
+        select(b, 10, percentile=0, measure=False)
+    with pytest.raises(UsageError):
+        select(b, 10, margin=1.0, measure=False)
+    assert resolve_backends("auto", b) == ["onnxruntime", "openvino"]
+
+
+def test_stale_profile_entry_ignored(tmp_path, tiny_bundle):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    path = write_profile(root)
+    d = json.loads(path.read_text())
+    for e in d["entries"].values():
+        e["sha256"] = "0" * 64  # as if the artifacts were re-exported since
+    path.write_text(json.dumps(d))
+    with pytest.raises(BudgetError, match="no latency profile"):
+        select(Bundle.open(root), 10, measure=False)
+
+
+def test_cli_exit_codes(bundle, capsys):
+    assert main(["select", str(bundle), "--budget-ms", "0.5"]) == 8
+    assert "fastest" in capsys.readouterr().err
+    assert main(["select", str(bundle), "--budget-ms", "10", "--backend", "nope"]) == 2
+    assert main(["select", str(bundle), "--budget-ms", "nan"]) == 2
+    assert main(["select", str(bundle), "--budget-ms", "-1"]) == 2
+    assert main(["select", str(bundle), "--budget-ms", "10", "--backend", "tensorrt"]) == 7  # not installed here
+    capsys.readouterr()
+    assert main(["select", str(bundle), "--budget-ms", "10", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["chosen"]["cores"] == 32 and d["limit_ms"] == pytest.approx(9.0)
+
+
+def test_select_profiles_when_missing_and_writes_only_profile(tmp_path, tiny_bundle):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    sel = select(Bundle.open(root), 1000, backend="onnxruntime", tiers=[8, 16], count=3, warmup=1)
+    assert sel.profiled and sel.chosen.cand.cores == 16
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    new = set(after) - set(before)
+    assert new == {profile_path(root).relative_to(root)}
+    assert all(after[k] == v for k, v in before.items())
+    assert not list(tmp_path.glob(".*"))  # no leftovers beside the bundle either
+    again = select(Bundle.open(root), 1000, backend="onnxruntime", tiers=[8, 16])
+    assert not again.profiled
+
+
+# ---------------------------------------------------------------------------- adaptive
+def test_controller_no_flapping_near_boundary():
+    ctl = AdaptiveController([8.0, 6.0, 4.0, 2.0], budget_ms=10, window=4, patience=2)
+    rng = np.random.default_rng(0)
+    level_seq = []
+    for _ in range(400):  # runs at 1.6x profile: C=32 misses, C=24 (9.6) fits, going up is predicted to miss
+        lat = ctl.ladder_ms[ctl.level] * 1.6 * (1 + 0.05 * rng.standard_normal())
+        ctl.observe(lat)
+        level_seq.append(ctl.level)
+    assert len(ctl.history) <= 2 and level_seq[-1] in (1, 2)
+    assert all(b >= a for a, b in zip(level_seq, level_seq[1:]))  # only ever stepped down
+
+
+class Slowdown:
+    """latency_hook: the profiled latency of the tier times ``factor`` (the real time is ignored)."""
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+        self.lock = threading.Lock()
+
+    def __call__(self, measured_ms: float, tier) -> float:
+        return (BASE[tier.cores] + (0.5 if "elastic" in tier.artifact else 0.0)) * self.factor
+
+
+def test_adaptive_steps_down_and_back_up(bundle):
+    hook = Slowdown()
+    img = np.zeros((28, 28), np.uint8)
+    with veca_deploy.Runtime.open(bundle, budget_ms=10, backend="onnxruntime", adaptive=True, window=4,
+                                  patience=2, latency_hook=hook, measure=False) as rt:
+        assert [t.cores for t in rt.tiers] == [32, 24, 16, 8]
+        assert rt.tier.cores == 32
+        # the next rung is already activated: a switch costs no compile
+        assert rt._runners[rt.tiers[1].artifact].active
+        for _ in range(12):
+            rt.predict(img)
+        assert rt.tier.cores == 32 and not rt.switches
+        hook.factor = 3.0  # C=32: 24 ms, C=24: 18, C=16: 12, C=8: 6 -> must end at C=8
+        calls = 0
+        while rt.tier.cores != 8:
+            rt.predict(img)
+            calls += 1
+            assert calls <= 3 * 4, "did not step down within one window per rung"
+        for _ in range(40):  # still slow: stays at C=8 (C=16 predicted at 12 ms > 9)
+            p = rt.predict(img)
+        assert rt.tier.cores == 8 and p.tier.cores == 8 and len(rt.switches) == 3
+        hook.factor = 1.0
+        calls = 0
+        while rt.tier.cores != 32:
+            rt.predict(img)
+            calls += 1
+            assert calls <= 3 * 2 * 4 + 4, "did not step back up after the slowdown ended"
+        for _ in range(40):
+            rt.predict(img)
+        levels = [lv for _, lv, _ in rt.switches]
+        assert levels == [1, 2, 3, 2, 1, 0]  # down three rungs, up three rungs, nothing else
+        assert rt.tier.cores == 32
+
+
+def test_adaptive_thread_safety(bundle):
+    hook = Slowdown()
+    errors: list[BaseException] = []
+    seen: list[tuple[int, int]] = []
+    with veca_deploy.Runtime.open(bundle, budget_ms=10, backend="openvino", adaptive=True, window=2,
+                                  patience=1, latency_hook=hook, measure=False) as rt:
+        rungs = set(rt.tiers)
+        assert len(rungs) == 4  # OpenVINO rungs: one infer request each, serialized by the runtime
+
+        def work(k: int) -> None:
+            try:
+                for i in range(25):
+                    hook.factor = 3.0 if (i // 5 + k) % 2 else 1.0
+                    p = rt.predict(np.full((2, 30, 30), 7 * k, np.uint8))
+                    assert p.tier in rungs
+                    assert p["global"].shape[0] == 2 and np.isfinite(p["global"]).all()
+                    seen.append((p.tier.cores, p["patches"].shape[0]))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert len(seen) == 100
+
+
+def test_adaptive_needs_budget(bundle):
+    with pytest.raises(UsageError, match="adaptive"):
+        veca_deploy.Runtime.open(bundle, adaptive=True)
+
+
+def test_profile_numbers_are_finite(bundle):
+    d = json.loads(profile_path(bundle).read_text())
+    assert all(math.isfinite(e["timing"]["percentiles_ms"]["95"]) for e in d["entries"].values())

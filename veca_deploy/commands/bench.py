@@ -1,0 +1,174 @@
+"""``veca-deploy bench``: time every artifact (every tier of elastic ones) on this device.
+
+Uses the same harness and runner settings as the selector, and saves the result as the
+bundle's profile for this device (``DIR/profiles/<device>.json``), so ``select`` and
+``Runtime.open`` reuse it instead of measuring again. Nothing else in the bundle is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+from rich import box
+from rich.table import Table
+
+from ..errors import BundleError, UsageError
+from .common import console, out, parse_int_list, parse_list, progress_reporter
+
+
+SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
+
+
+def _f(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path())
+@click.option("--backend", default="auto", show_default=True, help="auto or a comma list: onnxruntime,openvino,tensorrt.")
+@click.option("--tiers", default=None, help="Only these core counts, e.g. 8,16.")
+@click.option("--precision", "precisions", default=None, help="Only these precisions, e.g. fp32,int8.")
+@click.option("--count", type=int, default=None, help="Timed runs per tier [default: 100].")
+@click.option("--duration", type=float, default=None, help="Seconds of timed runs per tier (instead of --count).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs after the first one.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads per runner (default: runtime's choice).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a latency-vs-accuracy PNG here (outside the bundle).")
+@click.option("--json", "as_json", is_flag=True, help="Print the measured entries as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(bundle, backend, tiers, precisions, count, duration, warmup, threads, plot, as_json, quiet):
+    """Benchmark BUNDLE on this device and save DIR/profiles/<device>.json."""
+    from ..bundle.reader import Bundle
+    from ..selector.candidates import candidates, resolve_backends
+    from ..selector.profile import load_profile, measure_candidates, save_profile
+
+    if count is not None and duration is not None:
+        raise UsageError("pass --count or --duration, not both")
+    if count is not None and count < 1:
+        raise UsageError(f"--count must be >= 1, got {count}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise UsageError(f"--duration must be a positive number of seconds, got {duration}")
+    if warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {warmup}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    b = Bundle.open(bundle)
+    if plot and _inside(Path(plot), b.root):
+        raise UsageError(f"--plot {plot} is inside the bundle; bench writes only profiles/ there")
+    tier_list = parse_int_list(tiers, "--tiers")
+    prec_list = parse_list(precisions)
+    for p in prec_list or []:
+        if p not in ("fp32", "fp16", "int8"):
+            raise UsageError(f"unknown precision {p!r}; choose from fp32, fp16, int8")
+    backends = resolve_backends(backend, b)
+    cands = candidates(b, backends, tier_list, prec_list)
+    if not cands:
+        raise UsageError(f"{bundle}: nothing to benchmark for backend(s) {', '.join(backends) or 'none available'}"
+                         + (f", tiers {tier_list}" if tier_list else "") + (f", precisions {prec_list}" if prec_list else ""))
+    if count is None and duration is None:
+        count = 100
+    prof = load_profile(b)
+    with progress_reporter(not quiet and not as_json) as rep:
+        prof = measure_candidates(b, cands, count=count, duration_s=duration, warmup=warmup, threads=threads,
+                                  profile=prof, progress=rep)
+    path = save_profile(b, prof)
+    rows = [(c, prof.entries.get(c.key)) for c in cands]
+    if as_json:
+        click.echo(json.dumps({"device": prof.device, "profile": str(path), "fingerprint": prof.fingerprint,
+                               "entries": [e for _, e in rows if e]}, indent=1))
+    else:
+        _table(prof, rows, path)
+    if plot:
+        _plot(rows, Path(plot), prof.device)
+        console.print(f"plot: {plot}")
+    measured = [c for c, e in rows if e is not None]
+    failed = [(c, e) for c, e in rows if e is not None and e.get("error")]
+    if not measured:
+        raise UsageError("no candidate could run here (backend libraries missing?)")
+    if failed:
+        raise BundleError(f"{len(failed)} of {len(measured)} measurement(s) failed, first: {failed[0][0].key}: "
+                          f"{failed[0][1]['error']}")
+
+
+def _inside(p: Path, root: Path) -> bool:
+    try:
+        p.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _table(prof, rows, path) -> None:
+    cpu = (prof.fingerprint.get("cpu") or {})
+    out.print(f"[bold]{prof.device}[/bold]  {cpu.get('model')}  {cpu.get('usable_cores')} cores  "
+              f"isa {' '.join(cpu.get('isa') or []) or '-'}")
+    t = Table("graph", "C", "size", "load", "1st", "p50", "p90", "p99", "mean", "img/s", "RSS", "top-1",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    t.columns[0].min_width = 11
+    for c, e in rows:
+        a = c.artifact
+        label = f"{SHORT.get(c.backend, c.backend)}-{a.precision}" + ("-el" if a.elastic else "")
+        size = f"{a.height}x{a.width}"
+        if e is None:
+            t.add_row(label, str(c.cores), size, "[yellow]backend missing[/yellow]", *["-"] * 8)
+            continue
+        tm = e.get("timing")
+        if e.get("error") or not tm:
+            t.add_row(label, str(c.cores), size, f"[red]{(e.get('error') or '')[:60]}[/red]", *["-"] * 8)
+            continue
+        pct = tm["percentiles_ms"]
+        t.add_row(label, str(c.cores), size, _f(tm.get("load_ms"), 0), _f(tm.get("first_ms"), 1),
+                  _f(pct["50"]), _f(pct["90"]), _f(pct["99"]), _f(tm["mean_ms"]), _f(tm["throughput_ips"], 0),
+                  _f(tm.get("rss_mb"), 0), _f(c.accuracy, 3) if c.accuracy is not None else "-")
+    out.print(t)
+    out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph; load = load + compile; 1st = first inference; RSS = process MiB after the run)")
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both lower latency and higher accuracy."""
+    idx = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
+def _plot(rows, path: Path, device: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'veca-deploy[plot]'") from None
+    pts = [(c, e["timing"]["percentiles_ms"]["50"]) for c, e in rows if e and not e.get("error") and e.get("timing")]
+    if not pts:
+        raise UsageError("nothing measured to plot")
+    have_acc = any(c.accuracy is not None for c, _ in pts)
+    ys = [(c.accuracy if have_acc else c.cores) for c, _ in pts]
+    if have_acc:
+        keep = [i for i, (c, _) in enumerate(pts) if c.accuracy is not None]
+        pts, ys = [pts[i] for i in keep], [ys[i] for i in keep]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    series: dict[str, list[int]] = {}
+    for i, (c, _) in enumerate(pts):
+        series.setdefault(f"{c.artifact.precision} {c.backend}" + (" elastic" if c.artifact.elastic else ""), []).append(i)
+    for label, idx in sorted(series.items()):
+        ax.plot([pts[i][1] for i in idx], [ys[i] for i in idx], "o", label=label, alpha=0.8)
+        for i in idx:
+            ax.annotate(f"C{pts[i][0].cores}", (pts[i][1], ys[i]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pareto([(lat, y) for (_, lat), y in zip(pts, ys)])
+    ax.step([pts[i][1] for i in front], [ys[i] for i in front], "k--", where="post", lw=1, label="Pareto front")
+    ax.plot([pts[i][1] for i in front], [ys[i] for i in front], "o", mfc="none", mec="k", ms=11)
+    ax.set_xlabel("latency p50 (ms, batch 1)")
+    ax.set_ylabel("top-1 accuracy" if have_acc else "cores (no accuracy in the manifest)")
+    ax.set_title(f"{device}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,89 @@
+"""``veca-deploy select``: which tier to run on this device for a latency budget.
+
+Profiles first when this device has no profile in the bundle (same harness as ``bench``);
+exits 8 (BudgetError) with the fastest tier's latency when nothing fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import click
+from rich import box
+from rich.table import Table
+
+from ..errors import UsageError
+from .common import console, out, parse_int_list, parse_list, progress_reporter
+
+
+def _budget(ctx, param, value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--budget-ms must be a number of milliseconds, got {value!r}") from None
+    return v
+
+
+class _LazyProgress:
+    """Shows a progress bar only once profiling actually starts (most selects just read)."""
+
+    def __init__(self, stack: contextlib.ExitStack, enabled: bool) -> None:
+        self.stack, self.enabled, self.rep = stack, enabled, None
+
+    def __call__(self, *args, **kwargs) -> None:
+        if not self.enabled:
+            return
+        if self.rep is None:
+            self.rep = self.stack.enter_context(progress_reporter(True))
+        self.rep(*args, **kwargs)
+
+
+@click.command("select")
+@click.argument("bundle", type=click.Path())
+@click.option("--budget-ms", required=True, callback=_budget, help="Latency budget per image in milliseconds.")
+@click.option("--percentile", type=float, default=95, show_default=True, help="Latency percentile that must fit.")
+@click.option("--backend", default="auto", show_default=True, help="auto or a comma list: onnxruntime,openvino,tensorrt.")
+@click.option("--margin", type=float, default=0.1, show_default=True,
+              help="Safety margin: the percentile must fit budget*(1-margin).")
+@click.option("--tiers", default=None, help="Only consider these core counts.")
+@click.option("--precision", "precisions", default=None, help="Only consider these precisions.")
+@click.option("--count", type=int, default=50, show_default=True, help="Runs per tier if profiling is needed.")
+@click.option("--threads", type=int, default=None,
+              help="Intra-op threads the application will use (profiles are per thread count).")
+@click.option("--no-measure", is_flag=True, help="Fail instead of profiling when the profile is missing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, count, threads, no_measure, as_json):
+    """Pick the most accurate (tier, precision, backend) of BUNDLE that fits --budget-ms here."""
+    from ..bundle.reader import Bundle
+    from ..selector.select import check_budget, select
+
+    check_budget(budget_ms, percentile, margin)
+    if count < 1:
+        raise UsageError(f"--count must be >= 1, got {count}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    b = Bundle.open(bundle)
+    with contextlib.ExitStack() as stack:
+        rep = _LazyProgress(stack, enabled=not as_json)
+        sel = select(b, budget_ms, percentile=percentile, backend=backend, margin=margin,
+                     tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
+                     measure=not no_measure, count=count, threads=threads, progress=rep)
+    if as_json:
+        click.echo(json.dumps(sel.to_dict(), indent=1))
+        return
+    if sel.profiled:
+        console.print(f"profiled this device ({sel.device}) and saved it in {b.root}/profiles/")
+    limit = sel.limit_ms
+    t = Table("", "artifact", "C", "size", f"p{sel.percentile:g} ms", "top-1", "fits", box=box.SIMPLE_HEAD,
+              pad_edge=False, collapse_padding=True)
+    for m in sel.ranked:
+        tier = m.cand.tier
+        t.add_row("->" if m is sel.chosen else "", tier.artifact, str(tier.cores),
+                  f"{tier.height}x{tier.width}", f"{m.latency_ms:.3f}",
+                  "-" if m.cand.accuracy is None else f"{m.cand.accuracy:.4f}",
+                  "yes" if limit is None or m.latency_ms <= limit else "no")
+    out.print(t)
+    c = sel.chosen
+    out.print(f"selected [bold]{c.cand.tier}[/bold]: p{sel.percentile:g} {c.latency_ms:.3f} ms <= "
+              f"{limit:.3f} ms (budget {budget_ms:g} ms, margin {sel.margin:g}) on {sel.device}")

@@ -1,0 +1,142 @@
+"""What a bundle can serve here: one candidate per (artifact, tier), with its quality rank.
+
+Quality comes from the manifest only (the runtime reads nothing else): ``artifact.accuracy``
+(per tier or top-1, as written by ``veca-deploy eval``) first, then the model card's per-tier
+top-1 for FP32 graphs (they passed a parity gate against the model the card describes). Candidates whose accuracy is unknown rank
+below every measured one, so an unvalidated INT8 graph never displaces a validated graph just
+because it is faster; among unknowns a larger core count and input size rank higher, then
+fp32 > fp16 > int8.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..bundle.manifest import Artifact
+from ..bundle.reader import Bundle
+from ..errors import BackendUnavailable, UsageError
+from ..runtimes import BACKENDS, FORMAT_BACKEND, backend_available
+
+PRECISION_RANK = {"fp32": 2, "fp16": 1, "int8": 0}
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What serves a request: ``cores`` and input size of one precision on one backend."""
+
+    cores: int
+    height: int
+    width: int
+    precision: str
+    backend: str
+    artifact: str  # artifact id
+
+    def __str__(self) -> str:
+        return f"C={self.cores} {self.height}x{self.width} {self.precision} {self.backend} ({self.artifact})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cores": self.cores, "height": self.height, "width": self.width, "precision": self.precision,
+                "backend": self.backend, "artifact": self.artifact}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    artifact: Artifact
+    cores: int
+    accuracy: float | None
+
+    @property
+    def backend(self) -> str:
+        return FORMAT_BACKEND[self.artifact.format]
+
+    @property
+    def key(self) -> str:
+        """Profile key: the artifact id plus the tier (an elastic artifact has several)."""
+        return f"{self.artifact.id}@c{self.cores}"
+
+    @property
+    def tier(self) -> Tier:
+        a = self.artifact
+        return Tier(self.cores, a.height, a.width, a.precision, self.backend, a.id)
+
+    def quality(self) -> tuple:
+        """Sort key, larger is better (latency breaks the remaining ties, see :func:`rank`).
+        Accuracy counts to 0.1 point: a smaller difference is evaluation noise (cards and
+        ``eval`` use different image counts), and then more cores / pixels / bits win."""
+        a = self.artifact
+        acc = self.accuracy
+        return (acc is not None, round(acc, 3) if acc is not None else 0.0, self.cores, a.height * a.width,
+                PRECISION_RANK.get(a.precision, -1))
+
+
+def as_fraction(v: object) -> float | None:
+    """Top-1 as a fraction: cards record percent (88.1), ``eval`` records fractions (0.881)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+        return None
+    return float(v) / 100.0 if v > 1.0 else float(v)
+
+
+def card_accuracy(model: dict[str, Any], cores: int, size: tuple[int, int] | None = None) -> float | None:
+    """The model card's top-1 at ``cores``: ``{"8": 85.1}``, ``{"c8": ..}`` or ``{"28x28": {"8": ..}}``."""
+    card = model.get("card_top1")
+    if isinstance(card, dict) and size is not None and f"{size[0]}x{size[1]}" in card:
+        card = card[f"{size[0]}x{size[1]}"]
+    if not isinstance(card, dict):
+        return as_fraction(card)
+    for k in (str(cores), f"c{cores}", cores):
+        v = as_fraction(card.get(k))  # type: ignore[call-overload]
+        if v is not None:
+            return v
+    return None
+
+
+def accuracy(bundle: Bundle, art: Artifact, cores: int) -> float | None:
+    """Top-1 (fraction) at ``cores``: the artifact's own measurement, else the card for FP32.
+    A feature-cosine record (models without a classifier head) is not a top-1 and is ignored."""
+    acc = None
+    rec = art.accuracy or {}
+    if rec.get("metric", "top1") == "top1" and "cosine" not in rec:
+        try:
+            acc = as_fraction(bundle.accuracy_of(art, cores))
+        except (TypeError, ValueError):
+            acc = None
+    if acc is None and art.precision == "fp32":
+        acc = card_accuracy(bundle.manifest.model, cores, art.size)
+    return acc
+
+
+def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None = None) -> list[str]:
+    """``auto`` -> every backend whose library imports here (and the bundle has artifacts for);
+    a name or list -> those, checked. Unknown names are a :class:`UsageError`."""
+    if backend is None or backend == "auto" or backend == ["auto"]:
+        formats = {a.format for a in bundle.artifacts} if bundle is not None else set(FORMAT_BACKEND)
+        return [b for b in BACKENDS if BACKENDS[b][2] in formats and backend_available(b)]
+    names = [b.strip() for b in (backend.split(",") if isinstance(backend, str) else backend) if b.strip()]
+    if not names:
+        raise UsageError("backend list is empty")
+    for b in names:
+        if b == "auto":
+            raise UsageError("'auto' cannot be combined with backend names")
+        if b not in BACKENDS:
+            raise UsageError(f"unknown backend {b!r}; choose from auto, {', '.join(BACKENDS)}")
+    for b in names:
+        if not backend_available(b):
+            raise BackendUnavailable(f"backend {b} is not installed here; pip install '{BACKENDS[b][3]}'")
+    return list(dict.fromkeys(names))
+
+
+def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = None,
+               precisions: list[str] | None = None) -> list[Candidate]:
+    """Every (artifact, tier) the bundle serves on ``backends``, filtered by tiers/precisions."""
+    formats = {BACKENDS[b][2] for b in backends}
+    out = []
+    for a in bundle.artifacts:
+        if a.format not in formats or (precisions and a.precision not in precisions):
+            continue
+        for c in a.tiers:
+            if tiers and c not in tiers:
+                continue
+            out.append(Candidate(a, c, accuracy(bundle, a, c)))
+    return out

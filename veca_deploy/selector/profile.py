@@ -1,0 +1,200 @@
+"""Device profiles: ``DIR/profiles/<device-id>.json``, the measured latency of every candidate.
+
+The profile is the only thing veca-deploy writes into a bundle besides artifacts (written to a
+temporary file in ``profiles/`` and renamed, so a reader never sees half a file). Entries are
+keyed by artifact id and tier and carry the artifact's sha256: after a re-export or quantize
+replaced a graph, its old timing is ignored instead of trusted. A profile measured on another
+device is never used (different file name).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..bundle.reader import Bundle
+from ..errors import BackendUnavailable, BundleError, VecaError
+from ..runtimes import IMAGES, CORE_SELECT, core_select, create_runner
+from ..runtimes.fingerprint import device_fingerprint, device_id
+from ..runtimes.timing import Timing, measure
+from .candidates import Candidate
+
+PROFILE_DIR = "profiles"
+PROFILE_SCHEMA = 1
+Progress = Callable[..., None]
+
+
+@dataclass
+class Profile:
+    device: str
+    fingerprint: dict[str, Any]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: str = ""
+    updated: str = ""
+
+    def timing(self, cand: Candidate, threads: int | None = None) -> Timing | None:
+        """The valid measurement of ``cand``: same artifact bytes, same requested thread count
+        (a 1-thread number says nothing about a 4-thread run), finished without error."""
+        e = self.entries.get(cand.key)
+        if not e or e.get("error") or e.get("sha256") != cand.artifact.sha256 or not e.get("timing"):
+            return None
+        if e.get("threads") != (int(threads) if threads else None):
+            return None
+        try:
+            return Timing.from_dict(e["timing"])
+        except (TypeError, KeyError):
+            return None
+
+    def error(self, cand: Candidate) -> str | None:
+        e = self.entries.get(cand.key)
+        return e.get("error") if e and e.get("sha256") == cand.artifact.sha256 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": PROFILE_SCHEMA, "device": self.device, "created": self.created, "updated": self.updated,
+                "fingerprint": self.fingerprint, "entries": self.entries}
+
+
+def profile_path(root: str | os.PathLike, device: str | None = None) -> Path:
+    return Path(root) / PROFILE_DIR / f"{device or device_id()}.json"
+
+
+def load_profile(bundle: Bundle, device: str | None = None) -> Profile | None:
+    """This device's profile, or None when there is none. A corrupt file is a BundleError."""
+    path = profile_path(bundle.root, device)
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: unreadable profile ({type(e).__name__}); delete it and run veca-deploy bench") from None
+    if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA or not isinstance(d.get("entries"), dict):
+        raise BundleError(f"{path}: not a profile this veca-deploy reads; delete it and run veca-deploy bench")
+    return Profile(device=str(d.get("device") or path.stem), fingerprint=d.get("fingerprint") or {},
+                   entries=d["entries"], created=str(d.get("created", "")), updated=str(d.get("updated", "")))
+
+
+def save_profile(bundle: Bundle, profile: Profile) -> Path:
+    """Atomic write of ``profiles/<device>.json`` (merging is the caller's job)."""
+    folder = Path(bundle.root) / PROFILE_DIR
+    folder.mkdir(exist_ok=True)
+    now = _now()
+    profile.created = profile.created or now
+    profile.updated = now
+    fd, tmp = tempfile.mkstemp(prefix=f".{profile.device}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(profile.to_dict(), f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a profile is as readable as the manifest
+        os.replace(tmp, folder / f"{profile.device}.json")
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return folder / f"{profile.device}.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def example_feed(cand: Candidate, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A normalized-looking random batch (latency does not depend on pixel values)."""
+    a = cand.artifact
+    shape = (a.inputs or {}).get(IMAGES, {}).get("shape") or ["batch", 3, a.height, a.width]
+    channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 3
+    n = a.batch if isinstance(a.batch, int) else batch
+    x = np.random.default_rng(seed).standard_normal((n, channels, a.height, a.width)).astype(np.float32)
+    feed = {IMAGES: x}
+    if a.elastic:
+        feed[CORE_SELECT] = core_select(cand.cores)
+    return feed
+
+
+def runner_options(backend: str, threads: int | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Runner settings used both when profiling and when serving, so the numbers transfer."""
+    opts: dict[str, Any] = {}
+    if threads:
+        opts["threads"] = int(threads)
+    if backend == "openvino":
+        opts["inference_precision"] = "f32"  # what the parity gate checked; bf16 must be chosen deliberately
+    opts.update(extra or {})
+    return opts
+
+
+def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int | None = 50,
+                       duration_s: float | None = None, warmup: int = 5, threads: int | None = None,
+                       profile: Profile | None = None, progress: Progress | None = None,
+                       runner_extra: dict[str, Any] | None = None) -> Profile:
+    """Measure each candidate with the shared harness and merge the results into ``profile``.
+
+    One runner per artifact (an elastic artifact is loaded once and timed at each tier; its cold
+    start is recorded on its first tier). A candidate whose backend is missing is skipped; one
+    that fails to load or fails the output sanity check is recorded with its error, so the
+    selector never picks it and the bench table shows why.
+    """
+    cands = list(cands)
+    dev_fp = device_fingerprint(threads)
+    if profile is None:
+        profile = Profile(device=device_id(dev_fp), fingerprint=dev_fp)
+    profile.fingerprint = dev_fp
+    by_art: dict[str, list[Candidate]] = {}
+    for c in cands:
+        by_art.setdefault(c.artifact.id, []).append(c)
+    report = progress or (lambda *a, **k: None)
+    report("profiling", advance=0, total=len(cands))
+    for group in by_art.values():
+        art = group[0].artifact
+        backend = group[0].backend
+        runner = None
+        try:
+            try:
+                path = bundle.path_of(art)
+                runner = create_runner(backend, path, **runner_options(backend, threads, runner_extra))
+            except BackendUnavailable:
+                for c in group:
+                    report(f"{c.key}: backend {backend} unavailable")
+                continue
+            except VecaError as e:
+                for c in group:
+                    profile.entries[c.key] = _entry(c, None, str(e), {}, threads)
+                    report(f"{c.key}: {e}")
+                continue
+            for c in group:
+                report(f"{art.id} C={c.cores}")
+                try:
+                    t = measure(runner, example_feed(c), count=count, duration_s=duration_s, warmup=warmup,
+                                where=f"{art.id} C={c.cores}")
+                    profile.entries[c.key] = _entry(c, t, None, _describe(runner), threads)
+                except VecaError as e:
+                    profile.entries[c.key] = _entry(c, None, " ".join(str(e).split()), _describe(runner), threads)
+        finally:
+            if runner is not None:
+                runner.close()
+    return profile
+
+
+def _describe(runner) -> dict[str, Any]:
+    try:
+        return runner.describe()
+    except Exception:
+        return {"backend": runner.backend}
+
+
+def _entry(c: Candidate, t: Timing | None, error: str | None, runner: dict[str, Any],
+           threads: int | None) -> dict[str, Any]:
+    a = c.artifact
+    return {"artifact": a.id, "sha256": a.sha256, "format": a.format, "backend": c.backend, "precision": a.precision,
+            "cores": c.cores, "height": a.height, "width": a.width, "elastic": a.elastic,
+            "threads": int(threads) if threads else None,
+            "accuracy": c.accuracy, "measured": _now(), "runner": runner, "error": error,
+            "timing": t.to_dict() if t is not None else None}

@@ -1,0 +1,274 @@
+"""``veca_deploy.Runtime``: what an edge application embeds. Open a bundle with a latency budget,
+give it images, get numpy outputs back; the selector picks the tier, the runtime keeps to it.
+
+    with veca_deploy.Runtime.open("bundle/", budget_ms=10, adaptive=True) as rt:
+        pred = rt.predict(frame)            # uint8 HxWx3 (any size), a list of them, or float32 NCHW
+        pred["logits"], pred.labels, pred.tier, pred.latency_ms
+
+Static mode serves the selected tier. Adaptive mode watches the observed latency and steps down
+the selector's ladder when the budget is missed, back up after sustained headroom (see
+:mod:`veca_deploy.selector.adaptive`). The rungs next to the current one are kept activated, so
+a switch never waits for a compile. ``predict`` is thread-safe: each call takes one consistent
+(runner, tier) snapshot under a lock; a switch only changes which snapshot later calls take.
+No torch anywhere on this path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..bundle.reader import Bundle
+from ..errors import InputError, UsageError
+from ..runtimes import CORE_SELECT, IMAGES, Runner, core_select, create_runner
+from .adaptive import AdaptiveController
+from .candidates import Tier
+from .profile import runner_options
+from .select import Measured, Selection, select
+
+#: Backends whose runner may be called from several threads at once (others get a lock each).
+THREAD_SAFE_BACKENDS = ("onnxruntime",)
+LatencyHook = Callable[[float, Tier], float]
+
+
+@dataclass
+class Prediction:
+    """One ``predict`` call: ``outputs`` (name -> numpy array, batch first), the ``tier`` that
+    served it and the model's ``latency_ms`` (inference only, without preprocessing).
+    Indexable like the outputs dict: ``pred["logits"]``."""
+
+    outputs: dict[str, np.ndarray]
+    tier: Tier
+    latency_ms: float
+    class_names: tuple[str, ...] | None = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.outputs
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.outputs)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Argmax class index per image, when the model has a ``logits`` output."""
+        return None if "logits" not in self.outputs else self.outputs["logits"].argmax(axis=-1)
+
+    @property
+    def names(self) -> list[str] | None:
+        labels = self.labels
+        if labels is None or not self.class_names:
+            return None
+        return [self.class_names[i] if i < len(self.class_names) else str(i) for i in labels]
+
+
+class Runtime:
+    """A bundle served under a latency budget. Create with :meth:`open`."""
+
+    def __init__(self, bundle: Bundle, selection: Selection, *, adaptive: bool = False,
+                 threads: int | None = None, runner_extra: dict[str, Any] | None = None,
+                 window: int = 16, headroom: float = 0.7, patience: int = 3,
+                 clock: Callable[[], float] = time.perf_counter, latency_hook: LatencyHook | None = None) -> None:
+        self.bundle = bundle
+        self.selection = selection
+        self.adaptive = adaptive
+        self._rungs: list[Measured] = selection.ladder() if adaptive else [selection.chosen]
+        self._threads = threads
+        self._runner_extra = runner_extra or {}
+        self._clock = clock
+        self._hook = latency_hook
+        self._lock = threading.Lock()  # guards the current level and the controller
+        self._warm_lock = threading.Lock()  # serializes runner creation / activation
+        self._runners: dict[str, Runner] = {}
+        self._run_locks: dict[str, threading.Lock | None] = {}
+        self._level = 0
+        self._closed = False
+        self.controller: AdaptiveController | None = None
+        if adaptive:
+            if selection.budget_ms is None:
+                raise UsageError("adaptive mode needs a budget (budget_ms)")
+            self.controller = AdaptiveController([m.latency_ms for m in self._rungs], selection.budget_ms,
+                                                 percentile=selection.percentile, margin=selection.margin,
+                                                 window=window, headroom=headroom, patience=patience)
+        names = bundle.manifest.model.get("class_names")
+        self._class_names = tuple(str(n) for n in names) if isinstance(names, list) else None
+        try:
+            self._warm(0)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def open(cls, directory: str | os.PathLike, budget_ms: float | None = None, *, backend: Any = "auto",
+             percentile: float = 95, margin: float = 0.1, adaptive: bool = False,
+             tiers: list[int] | None = None, precisions: list[str] | None = None, threads: int | None = None,
+             measure: bool = True, count: int = 50, warmup: int = 5, window: int = 16, headroom: float = 0.7,
+             patience: int = 3, clock: Callable[[], float] = time.perf_counter,
+             latency_hook: LatencyHook | None = None, runner_options: dict[str, Any] | None = None) -> "Runtime":
+        """Open a bundle and select a tier for ``budget_ms`` at ``percentile`` (None: the most
+        accurate tier, no profiling). Without a profile for this device the candidates are
+        measured first (``count`` runs each) and the profile is saved into the bundle.
+        ``latency_hook(measured_ms, tier) -> observed_ms`` lets tests inject slowdowns."""
+        bundle = Bundle.open(directory)
+        sel = select(bundle, budget_ms, percentile=percentile, backend=backend, margin=margin, tiers=tiers,
+                     precisions=precisions, measure=measure, count=count, warmup=warmup, threads=threads)
+        return cls(bundle, sel, adaptive=adaptive, threads=threads, runner_extra=runner_options, window=window,
+                   headroom=headroom, patience=patience, clock=clock, latency_hook=latency_hook)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def tier(self) -> Tier:
+        """The tier serving new calls now: (cores, height, width, precision, backend, artifact)."""
+        with self._lock:
+            return self._rungs[self._level].cand.tier
+
+    @property
+    def tiers(self) -> list[Tier]:
+        """The rungs adaptive mode may use, best first (just the selected tier when static)."""
+        return [m.cand.tier for m in self._rungs]
+
+    @property
+    def switches(self) -> list[tuple[int, int, str]]:
+        """Adaptive history: (call number, new rung index, reason)."""
+        return list(self.controller.history) if self.controller else []
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: Any) -> Prediction:
+        """Run ``images``: one raw uint8 image (HxW, HxWx1, HxWx3; any size), a list or uint8
+        batch of them, or an already-normalized float32 NCHW batch of the tier's exact size.
+        Bad input raises :class:`InputError` before anything runs."""
+        if self._closed:
+            raise UsageError("this Runtime is closed")
+        with self._lock:
+            level = self._level
+            rung = self._rungs[level]
+        art = rung.cand.artifact
+        runner = self._runner(art)
+        x = self._prepare(images, rung.cand.tier)
+        n = x.shape[0]
+        fixed = art.batch if isinstance(art.batch, int) else None
+        chunks = [x] if fixed is None else [x[i:i + fixed] for i in range(0, n, fixed)]
+        lock = self._run_locks.get(art.id)
+        outs: list[dict[str, np.ndarray]] = []
+        elapsed = 0.0
+        for chunk in chunks:
+            real = chunk.shape[0]
+            if fixed is not None and real < fixed:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+            feed = {IMAGES: chunk}
+            if art.elastic:
+                feed[CORE_SELECT] = core_select(rung.cand.cores)
+            if lock is not None:
+                lock.acquire()
+            try:
+                t0 = self._clock()
+                y = runner.infer(feed)
+                elapsed += self._clock() - t0
+            finally:
+                if lock is not None:
+                    lock.release()
+            outs.append({k: v[:real] for k, v in y.items()})
+        outputs = outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        latency = elapsed * 1e3
+        tier = rung.cand.tier
+        if self.controller is not None:
+            # per model call at batch 1, what the profile measured (a batch approximates it per image)
+            observed = latency / len(chunks) if fixed is not None else latency / n
+            if self._hook is not None:
+                observed = float(self._hook(observed, tier))
+            self._observe(observed, level)
+        return Prediction(outputs, tier, latency, self._class_names)
+
+    __call__ = predict
+
+    def _observe(self, observed_ms: float, level: int) -> None:
+        assert self.controller is not None
+        if not math.isfinite(observed_ms):
+            return
+        with self._lock:
+            new = self.controller.observe(observed_ms, level)
+            if new is not None:
+                self._level = new
+        if new is not None:
+            self._warm(new)  # outside the lock: later calls already use the (warm) new rung
+
+    def _prepare(self, images: Any, tier: Tier) -> np.ndarray:
+        h, w = tier.height, tier.width
+        if isinstance(images, np.ndarray) and images.dtype != np.uint8:
+            if images.dtype != np.float32:
+                raise InputError(f"images must be uint8 (raw) or float32 (normalized NCHW), got {images.dtype}")
+            if images.ndim != 4:
+                raise InputError(f"float32 input must be a normalized NCHW batch [N, 3, {h}, {w}], "
+                                 f"got shape {list(images.shape)} (pass raw images as uint8)")
+            if images.shape[1] != 3:
+                raise InputError(f"float32 input: channels must be 3 (NCHW), got {images.shape[1]} "
+                                 f"(shape {list(images.shape)})")
+            if images.shape[0] == 0:
+                raise InputError("empty batch")
+            if tuple(images.shape[2:]) != (h, w):
+                raise InputError(f"float32 input must be {h}x{w} for tier C={tier.cores}, got "
+                                 f"{images.shape[2]}x{images.shape[3]} (pass raw uint8 images to have them resized)")
+            if not np.isfinite(images).all():
+                raise InputError("input contains NaN or Inf")
+            return np.ascontiguousarray(images)
+        if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] in (2, 4):
+            # HxWx4 (RGBA) would otherwise read as H grey images of Wx4: refuse the ambiguity
+            raise InputError(f"image has {images.shape[-1]} channels (shape {list(images.shape)}); give HxW, HxWx1 "
+                             "or HxWx3 (drop alpha), or a list for a batch of grey images")
+        return self.bundle.preprocess(images, (h, w))
+
+    # ------------------------------------------------------------------ runners
+    def _runner(self, art) -> Runner:
+        r = self._runners.get(art.id)
+        if r is None or not r.active:
+            with self._warm_lock:
+                r = self._make(art)
+        return r
+
+    def _make(self, art) -> Runner:
+        r = self._runners.get(art.id)
+        if r is None:
+            backend = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[art.format]
+            r = create_runner(backend, self.bundle.path_of(art), **runner_options(backend, self._threads,
+                                                                                   self._runner_extra))
+            self._run_locks[art.id] = None if backend in THREAD_SAFE_BACKENDS else threading.Lock()
+            self._runners[art.id] = r
+        if not r.active:
+            r.activate()
+        return r
+
+    def _warm(self, level: int) -> None:
+        """Activate the rung at ``level`` and its neighbours (so the next switch is free)."""
+        with self._warm_lock:
+            for lv in (level, level + 1, level - 1):
+                if 0 <= lv < len(self._rungs):
+                    self._make(self._rungs[lv].cand.artifact)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self._closed = True
+        with self._warm_lock:
+            for r in self._runners.values():
+                try:
+                    r.close()
+                except Exception:
+                    pass
+            self._runners.clear()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.bundle.root}, tier={self.tier}, adaptive={self.adaptive})"

@@ -1,0 +1,141 @@
+"""Pick the most accurate (tier, precision, backend) whose measured latency fits a budget.
+
+A candidate fits when its latency at ``percentile`` (from this device's profile) is at most
+``budget_ms * (1 - margin)``: the margin absorbs what a profile cannot see (other processes,
+thermal throttling, preprocessing). Among the fitting candidates the best quality wins
+(:meth:`Candidate.quality`), ties go to the faster one (usually: which backend).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..bundle.reader import Bundle
+from ..errors import BudgetError, BundleError, UsageError
+from .candidates import Candidate, candidates, resolve_backends
+from .profile import Profile, load_profile, measure_candidates, save_profile
+
+
+@dataclass(frozen=True)
+class Measured:
+    cand: Candidate
+    latency_ms: float  # at the requested percentile
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.cand.tier.to_dict(), "accuracy": self.cand.accuracy, "latency_ms": round(self.latency_ms, 4)}
+
+
+@dataclass
+class Selection:
+    chosen: Measured
+    ranked: list[Measured]  # every measured candidate, best quality first
+    budget_ms: float | None
+    percentile: float
+    margin: float
+    device: str
+    profiled: bool = False  # whether this call had to measure
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def limit_ms(self) -> float | None:
+        return None if self.budget_ms is None else self.budget_ms * (1 - self.margin)
+
+    def ladder(self) -> list[Measured]:
+        """Candidates to step through under load: from the chosen one down, each strictly faster
+        than the previous and no better in quality (the adaptive runtime's tiers)."""
+        start = self.ranked.index(self.chosen)
+        out = [self.chosen]
+        for m in self.ranked[start + 1:]:
+            if m.latency_ms < out[-1].latency_ms:
+                out.append(m)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        limit = self.limit_ms
+        return {"device": self.device, "budget_ms": self.budget_ms, "percentile": self.percentile,
+                "margin": self.margin, "limit_ms": None if limit is None else round(limit, 4),
+                "profiled": self.profiled, "chosen": self.chosen.to_dict(),
+                "candidates": [{**m.to_dict(), "fits": limit is None or m.latency_ms <= limit} for m in self.ranked],
+                "skipped": self.skipped}
+
+
+def check_budget(budget_ms: float | None, percentile: float, margin: float) -> None:
+    """Budgets must be positive finite numbers; typed errors, not silent nonsense."""
+    if budget_ms is not None:
+        if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not math.isfinite(budget_ms) \
+                or budget_ms <= 0:
+            raise UsageError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
+        raise UsageError(f"percentile must be in (0, 100], got {percentile!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise UsageError(f"margin must be in [0, 1), got {margin!r}")
+
+
+def rank(measured: list[Measured]) -> list[Measured]:
+    return sorted(measured, key=lambda m: (tuple(-v for v in m.cand.quality()), m.latency_ms, m.cand.key))
+
+
+def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, backend: Any = "auto",
+           margin: float = 0.1, tiers: list[int] | None = None, precisions: list[str] | None = None,
+           profile: Profile | None = None, measure: bool = True, count: int = 50, warmup: int = 5,
+           threads: int | None = None, progress: Callable[..., None] | None = None) -> Selection:
+    """Choose a candidate for ``budget_ms`` (None: the most accurate, no profile needed).
+
+    Candidates missing from this device's profile are measured first (with the shared harness)
+    and the profile is saved into the bundle; ``measure=False`` refuses instead.
+    """
+    check_budget(budget_ms, percentile, margin)
+    backends = resolve_backends(backend, bundle)
+    cands = candidates(bundle, backends, tiers, precisions)
+    if not cands:
+        raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
+                         + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
+    profiled = False
+    if budget_ms is None and profile is None:
+        try:
+            profile = load_profile(bundle)  # only for latencies to show; not needed to choose
+        except BundleError:
+            profile = None
+    elif profile is None:
+        profile = load_profile(bundle)
+        missing = [c for c in cands if profile is None or (profile.timing(c, threads) is None
+                                                            and profile.error(c) is None)]
+        if missing:
+            if not measure:
+                raise BudgetError(f"no latency profile for this device covering {len(missing)} candidate(s); "
+                                  "run veca-deploy bench first")
+            profile = measure_candidates(bundle, missing, count=count, warmup=warmup, threads=threads,
+                                         profile=profile, progress=progress)
+            profiled = True
+            try:
+                save_profile(bundle, profile)
+            except OSError:
+                pass  # a read-only bundle still gets a selection, just not a saved profile
+    measured, skipped = [], []
+    for c in cands:
+        t = profile.timing(c, threads) if profile is not None else None
+        if t is None:
+            if budget_ms is None:
+                measured.append(Measured(c, math.nan))
+            else:
+                skipped.append(f"{c.key}: {(profile.error(c) if profile else None) or 'not measured'}")
+            continue
+        measured.append(Measured(c, t.percentile(percentile)))
+    if not measured:
+        raise BudgetError("no candidate could be measured here: " + "; ".join(skipped[:4]))
+    ranked = rank(measured)
+    device = profile.device if profile is not None else ""
+    if budget_ms is None:
+        chosen = ranked[0]
+    else:
+        limit = budget_ms * (1 - margin)
+        fitting = [m for m in ranked if m.latency_ms <= limit]
+        if not fitting:
+            fastest = min(measured, key=lambda m: m.latency_ms)
+            raise BudgetError(f"no tier fits {budget_ms:g} ms (p{percentile:g} <= {limit:.3g} ms with margin "
+                              f"{margin:g}) on {device}: the fastest, {fastest.cand.tier}, takes "
+                              f"{fastest.latency_ms:.3g} ms")
+        chosen = fitting[0]
+    return Selection(chosen, ranked, budget_ms, float(percentile), float(margin), device, profiled, skipped)
