@@ -1,0 +1,143 @@
+"""Calibration data readers, refusals, the statistics cache, and the ONNX INT8/FP16 converters."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from veca_deploy.calibration.data import CalibrationReader, load_calibration
+from veca_deploy.calibration.recipe import Fp16Recipe, OrtRecipe
+from veca_deploy.data import fashion_mnist_available
+from veca_deploy.errors import QuantizationError
+from veca_deploy.preprocess import Preprocess
+
+PRE = Preprocess(mean=(0.286,) * 3, std=(0.353,) * 3)
+needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+
+
+def test_reader_protocol_batches_rewinds_and_cycles_extras():
+    x = np.arange(10 * 3 * 2 * 2, dtype=np.float32).reshape(10, 3, 2, 2)
+    r = CalibrationReader(x, batch_size=4, extra=[{"k": np.zeros(1)}, {"k": np.zeros(2)}])
+    feeds = []
+    while (f := r.get_next()) is not None:
+        feeds.append(f)
+    assert [len(f["images"]) for f in feeds] == [4, 4, 2] and len(r) == 3
+    assert [len(f["k"]) for f in feeds] == [1, 2, 1]  # tiers cycle batch by batch
+    assert r.get_next() is None
+    r.rewind()
+    assert np.array_equal(r.get_next()["images"], x[:4])
+    assert sum(len(f["images"]) for f in r) == 10  # iterating rewinds first
+
+
+@needs_fmnist
+def test_fashion_mnist_sample_is_seeded_train_only_and_recorded():
+    a = load_calibration("fashion-mnist", PRE, (28, 28))
+    b = load_calibration("fashion-mnist", PRE, (28, 28))
+    c = load_calibration("fashion-mnist", PRE, (28, 28), seed=1)
+    assert a.count == 512 and a.images.shape == (512, 3, 28, 28) and a.images.dtype == np.float32
+    assert a.digest == b.digest != c.digest
+    rec = a.record()
+    assert rec["split"] == "train" and rec["eval_split"] == "test" and rec["source"] == "fashion-mnist:train"
+    assert rec["forced_below_minimum"] is False and isinstance(rec["identical_to_test_images"], int)
+    assert load_calibration("fashion-mnist", PRE, (14, 14), count=300).images.shape == (300, 3, 14, 14)
+
+
+@needs_fmnist
+def test_too_few_images_needs_force_and_is_recorded():
+    with pytest.raises(QuantizationError, match="minimum 300.*--force"):
+        load_calibration("fashion-mnist", PRE, (28, 28), count=100)
+    forced = load_calibration("fashion-mnist", PRE, (28, 28), count=100, force=True)
+    assert forced.count == 100 and forced.record()["forced_below_minimum"] is True
+
+
+def test_arrays_accepted_and_mismatches_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (320, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "grey.npy", grey)
+    cal = load_calibration(tmp_path / "grey.npy", PRE, (28, 28), count=310)
+    assert cal.images.shape == (310, 3, 28, 28) and cal.kind == "array"
+    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 255, (300, 28, 28, 3), dtype=np.uint8))
+    assert load_calibration(tmp_path / "rgb.npz", PRE, (28, 28)).count == 300
+    norm = rng.standard_normal((300, 3, 28, 28)).astype(np.float32)
+    assert np.array_equal(load_calibration(norm, PRE, (28, 28)).images, norm)  # already normalized: untouched
+    cases = [
+        (rng.integers(0, 255, (300, 28, 28, 4), dtype=np.uint8), "C in \\(1, 3\\)"),  # RGBA
+        (rng.standard_normal((300, 1, 28, 28)).astype(np.float32), "3 channels"),
+        (np.zeros((0, 28, 28), np.uint8), "empty"),
+        (np.zeros((300, 2, 2), np.uint8), "cannot be resized"),
+        (np.zeros((300, 28, 28), np.float64), "dtype float64"),
+    ]
+    for arr, msg in cases:
+        with pytest.raises(QuantizationError, match=msg):
+            load_calibration(arr, PRE, (28, 28), force=True)
+    with pytest.raises(QuantizationError, match="not found"):
+        load_calibration(tmp_path / "missing", PRE, (28, 28))
+
+
+def test_image_folder_recursive_with_force(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / "imgs" / "sub" / "g.jpg")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    with pytest.raises(QuantizationError, match="only 5 images"):
+        load_calibration(tmp_path / "imgs", PRE, (28, 28))
+    cal = load_calibration(tmp_path / "imgs", PRE, (28, 28), force=True)
+    assert cal.count == 5 and cal.kind == "folder" and cal.images.shape == (5, 3, 28, 28)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QuantizationError, match="no .jpg"):
+        load_calibration(tmp_path / "empty", PRE, (28, 28), force=True)
+
+
+@needs_fmnist
+def test_int8_cache_hit_is_fast_and_changed_data_is_not_stale(tiny_bundle, tmp_path):
+    from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
+    from veca_deploy.export.trt_check import check_onnx_for_tensorrt
+
+    src = tiny_bundle / "onnx" / "c8_28x28.onnx"
+    cal = load_calibration("fashion-mnist", PRE, (28, 28), count=300)
+    t0 = time.perf_counter()
+    first = quantize_onnx_int8(src, tmp_path / "a.onnx", cal, OrtRecipe(), cache_dir=str(tmp_path / "cache"))
+    t_miss = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    second = quantize_onnx_int8(src, tmp_path / "b.onnx", cal, OrtRecipe(), cache_dir=str(tmp_path / "cache"))
+    t_hit = time.perf_counter() - t0
+    assert (first["calibration_cache"], second["calibration_cache"]) == ("miss", "hit")
+    assert first["cache_key"] == second["cache_key"]
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert t_hit < t_miss
+    changed = load_calibration("fashion-mnist", PRE, (28, 28), count=300, seed=7)
+    third = quantize_onnx_int8(src, tmp_path / "c.onnx", changed, OrtRecipe(), cache_dir=str(tmp_path / "cache"))
+    assert third["calibration_cache"] == "miss" and third["cache_key"] != first["cache_key"]
+    # the S8S8 symmetric default is what TensorRT strongly typed builds accept
+    rep = check_onnx_for_tensorrt(tmp_path / "a.onnx")
+    assert rep.ok, rep.problems[:3]
+    assert rep.op_counts.get("QuantizeLinear", 0) > 10
+
+
+def test_fp16_keeps_io_float32_and_layernorm_fp32(tiny_bundle, tmp_path):
+    import onnx
+
+    from veca_deploy.calibration.onnx_quant import convert_onnx_fp16
+
+    info = convert_onnx_fp16(tiny_bundle / "onnx" / "c8_28x28.onnx", tmp_path / "h.onnx", Fp16Recipe())
+    m = onnx.load(str(tmp_path / "h.onnx"))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in m.graph.output)
+    assert "LayerNormalization" in info["kept_fp32_ops_present"] and info["fp16_initializers"] > 0
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in m.graph.value_info}
+    ln_outs = [n.output[0] for n in m.graph.node if n.op_type == "LayerNormalization"]
+    assert ln_outs and all(types.get(o, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for o in ln_outs)
+    assert {p.key: p.value for p in m.metadata_props}["veca.precision"] == "fp16"
+
+
+def test_unknown_method_is_a_usage_error():
+    from veca_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="minmax"):
+        OrtRecipe(method="kl")

@@ -1,0 +1,179 @@
+"""add_precisions / quantize / evaluate on a bundle, the accuracy gate and the CLI refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veca_deploy.bundle.manifest import Artifact, Manifest, read_manifest
+from veca_deploy.data import fashion_mnist_available
+from veca_deploy.errors import QuantizationError
+
+pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("qcache"))
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_bundle, tmp_path_factory, cache_dir) -> Path:
+    """tiny_bundle + FP16 and INT8 for tier 8 and the elastic graph (300 calibration images)."""
+    import veca_deploy
+
+    out = tmp_path_factory.mktemp("quantized") / "b"
+    shutil.copytree(tiny_bundle, out)
+    veca_deploy.quantize(out, precisions=["fp16", "int8"], calib="fashion-mnist", count=300, tiers=[8],
+                         eval_limit=400, cache_dir=cache_dir)
+    return out
+
+
+def test_quantize_adds_gated_artifacts(quantized):
+    from veca_deploy.bundle.reader import Bundle
+    from veca_deploy.export.trt_check import check_onnx_for_tensorrt
+
+    b = Bundle.open(quantized)
+    ids = {a.id for a in b.artifacts}
+    want = {"onnx-fp16-c8-28x28", "onnx-int8-c8-28x28", "openvino-int8-c8-28x28", "onnx-fp16-elastic-28x28",
+            "onnx-int8-elastic-28x28"}
+    assert want <= ids and "onnx-int8-c16-28x28" not in ids  # --tiers 8 honoured
+    for aid in want:
+        a = b.get(aid)
+        b.path_of(a)  # hashes and sizes recorded correctly
+        assert a.details["recipe"] and a.details["derived_from"].startswith(f"{a.format}-fp32")
+        acc = a.accuracy
+        assert acc["samples"] == 400 and acc["dataset"] == "fashion-mnist:test" and acc["metric"] == "cosine"
+        vals = acc["per_tier"].values() if a.elastic else [acc["cosine"]]
+        assert min(vals) >= 0.99
+    i8 = b.get("onnx-int8-c8-28x28")
+    assert i8.path == "onnx/c8_28x28.int8.onnx" and i8.details["recipe"]["variant"] == "S8S8-symmetric"
+    assert i8.parity["passed"] and min(o["cosine"] for o in i8.parity["outputs"].values()) >= 0.99
+    assert check_onnx_for_tensorrt(quantized / i8.path).ok
+    ov = b.get("openvino-int8-c8-28x28")
+    assert ov.path == "openvino/int8/c8_28x28.xml" and [f.path for f in ov.files] == ["openvino/int8/c8_28x28.bin"]
+    el = b.get("onnx-int8-elastic-28x28")
+    assert el.elastic and el.tiers == [8, 16, 24, 32] and set(el.parity) == {"8", "16", "24", "32"}
+    cal = b.manifest.calibration
+    assert cal["count"] == 300 and cal["source"] == "fashion-mnist:train" and cal["disjoint_from_eval"] is True
+    assert cal["forced_below_minimum"] is False and "onnx_int8" in cal["recipes"]
+
+
+def test_int8_runs_in_openvino_itself(quantized):
+    from veca_deploy.runtimes import create_runner
+
+    x = np.zeros((2, 3, 28, 28), np.float32)
+    with create_runner("openvino", quantized / "openvino/int8/c8_28x28.xml") as r:
+        out = r.infer({"images": x})
+    assert out["global"].shape[0] == 2 and np.isfinite(out["global"]).all()
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """Run the CLI in-process (a subprocess would pay the import time again)."""
+    from veca_deploy.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err.strip()
+
+
+def test_cli_refuses_tiny_and_mismatched_calibration_and_leaves_bundle(quantized, tmp_path, capsys):
+    before = (quantized / "manifest.json").read_bytes()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "tiny.npy", rng.integers(0, 255, (50, 28, 28), dtype=np.uint8))
+    code, err = _cli(capsys, "quantize", str(quantized), "--precision", "int8", "--calib", str(tmp_path / "tiny.npy"),
+                     "-q")
+    assert code == QuantizationError.exit_code and len(err.splitlines()) == 1
+    assert "only 50 images" in err and "--force" in err
+    np.save(tmp_path / "rgba.npy", rng.integers(0, 255, (400, 28, 28, 4), dtype=np.uint8))
+    code, err = _cli(capsys, "quantize", str(quantized), "--calib", str(tmp_path / "rgba.npy"), "-q")
+    assert code == QuantizationError.exit_code and "C in (1, 3)" in err and len(err.splitlines()) == 1
+    code, err = _cli(capsys, "quantize", str(quantized), "--calib", str(tmp_path / "nope"), "-q")
+    assert code == QuantizationError.exit_code and "not found" in err
+    assert (quantized / "manifest.json").read_bytes() == before
+    assert not list(quantized.parent.glob(".b.partial-*"))
+
+
+def test_forced_small_calibration_is_recorded(quantized, tmp_path, cache_dir):
+    import veca_deploy
+
+    out = tmp_path / "forced"
+    shutil.copytree(quantized, out)
+    m = veca_deploy.quantize(out, precisions=["int8"], calib="fashion-mnist", count=64, force=True, tiers=[16],
+                             formats=["onnx"], eval_data=None, cache_dir=cache_dir)
+    assert m.calibration["forced_below_minimum"] is True and m.calibration["count"] == 64
+    assert read_manifest(out).calibration["count"] == 64
+    assert any(a.id == "onnx-int8-c16-28x28" for a in read_manifest(out).artifacts)
+
+
+def test_failed_gate_leaves_bundle_untouched(quantized, monkeypatch, cache_dir):
+    import veca_deploy.calibration.quantize as q
+
+    before = (quantized / "manifest.json").read_bytes()
+    monkeypatch.setattr(q, "gate", lambda *a, **k: ["onnx-int8-c24-28x28 c=24: top-1 10.00% vs FP32 90.00%"])
+    with pytest.raises(QuantizationError, match="accuracy gate failed.*c=24"):
+        q.quantize(quantized, precisions=["int8"], calib="fashion-mnist", count=300, tiers=[24], formats=["onnx"],
+                   eval_limit=100, cache_dir=cache_dir)
+    assert (quantized / "manifest.json").read_bytes() == before
+    assert not (quantized / "onnx" / "c24_28x28.int8.onnx").exists()
+
+
+def test_eval_cli_writes_json_and_manifest(quantized, tmp_path, capsys):
+    target = tmp_path / "ev"
+    shutil.copytree(quantized, target)
+    code, err = _cli(capsys, "eval", str(target), "--limit", "100", "--json", str(tmp_path / "r.json"), "--backend",
+                     "onnxruntime", "--allow-drop", "0.5", "-q")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["samples"] == 100 and rep["dataset"] == "fashion-mnist:test" and not rep["gate"]["failures"]
+    assert {r["backend"] for r in rep["results"]} == {"onnxruntime"}
+    m = read_manifest(target)
+    a = next(a for a in m.artifacts if a.id == "onnx-int8-c8-28x28")
+    assert a.accuracy["samples"] == 100 and a.accuracy["allowed_drop"] == 0.5
+    assert m.calibration["allow_drop"] == 0.5
+
+
+def _art(fmt: str, prec: str, c: int, elastic: bool = False) -> Artifact:
+    return Artifact(format=fmt, precision=prec, cores=c, height=28, width=28, path=f"{fmt}/{prec}{c}{elastic}",
+                    sha256="0", bytes=1, elastic=elastic, tiers=[8, 16] if elastic else [c],
+                    outputs=["global", "patches", "logits"])
+
+
+def test_top1_gate_compares_same_tier_and_backend_and_honours_allow_drop():
+    from veca_deploy.calibration.evaluate import gate
+
+    m = Manifest(model={}, preprocess={}, artifacts=[
+        _art("onnx", "fp32", 8), _art("openvino", "fp32", 8), _art("onnx", "int8", 8), _art("openvino", "int8", 8),
+        _art("onnx", "fp32", 16, elastic=True), _art("onnx", "int8", 16, elastic=True)])
+    res = {"onnx-fp32-c8-28x28": {"metric": "top1", "top1": 0.900},
+           "openvino-fp32-c8-28x28": {"metric": "top1", "top1": 0.880},
+           "onnx-int8-c8-28x28": {"metric": "top1", "top1": 0.892},       # -0.8: fine
+           "openvino-int8-c8-28x28": {"metric": "top1", "top1": 0.875},   # -0.5 vs its own runtime
+           "onnx-fp32-elastic-28x28": {"metric": "top1", "per_tier": {"8": 0.90, "16": 0.91}},
+           "onnx-int8-elastic-28x28": {"metric": "top1", "per_tier": {"8": 0.899, "16": 0.895}}}  # -1.5 at 16
+    fails = gate(m, res)
+    assert len(fails) == 1 and "onnx-int8-elastic-28x28 c=16" in fails[0] and "-1.50 points" in fails[0]
+    assert gate(m, res, allow_drop=2.0) == []
+    res["onnx-int8-c8-28x28"]["top1"] = 0.80
+    assert any("onnx-int8-c8-28x28 c=8" in f for f in gate(m, res, allow_drop=2.0))
+    cos = {"onnx-int8-c8-28x28": {"metric": "cosine", "cosine": 0.985}}
+    assert gate(m, cos) and not gate(m, cos, allow_drop=1.0)  # 0.99 floor lowered by 1 point
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "veca_deploy/weights/veca_tiny/model.safetensors").is_file(),
+                    reason="reference weights not trained yet")
+def test_reference_model_int8_within_one_point(reference_bundle, tmp_path, cache_dir):
+    import veca_deploy
+
+    out = tmp_path / "ref"
+    shutil.copytree(reference_bundle, out)
+    m = veca_deploy.quantize(out, precisions=["int8"], calib="fashion-mnist", tiers=[8], formats=["onnx"],
+                             eval_limit=1000, cache_dir=cache_dir)
+    fp32 = next(a for a in m.artifacts if a.id == "onnx-fp32-c8-28x28").accuracy["top1"]
+    int8 = next(a for a in m.artifacts if a.id == "onnx-int8-c8-28x28").accuracy["top1"]
+    assert fp32 > 0.8 and fp32 - int8 <= 0.01

@@ -1,0 +1,299 @@
+"""Accuracy of every artifact of a bundle, per tier, in the runtime that runs it, and the gate
+that keeps quantized artifacts honest.
+
+Classifier bundles (a ``logits`` output) report top-1 on labelled data (Fashion-MNIST TEST split
+by default: calibration only ever draws from TRAIN). Backbone-only bundles report the mean
+cosine of every feature output against the FP32 ONNX graph in ONNX Runtime on the same held-out
+images. Quantized results are gated against FP32 at the same tier and backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..bundle.manifest import Artifact, Manifest
+from ..errors import QuantizationError, UsageError
+from ..preprocess import Preprocess
+from ..runtimes import FORMAT_BACKEND, backend_available, create_runner
+from ..runtimes.base import CORE_SELECT, IMAGES, core_select
+
+#: Largest top-1 drop (points) of an FP16/INT8 artifact vs FP32 at the same tier, and the
+#: smallest mean feature cosine for backbone-only bundles.
+MAX_DROP_POINTS = 1.0
+MIN_FEATURE_COSINE = 0.99
+DEFAULT_DATA = "fashion-mnist"
+#: Images the quantize-time gate uses (paired comparison, ~1 min on 2 busy cores for a full
+#: bundle); ``veca-deploy eval`` uses the whole set.
+DEFAULT_GATE_SAMPLES = 2000
+COSINE_GATE_SAMPLES = 256
+EVAL_BATCH = 250
+
+
+@dataclass
+class EvalData:
+    images: dict[tuple[int, int], np.ndarray]  # preprocessed per (h, w)
+    labels: np.ndarray | None
+    name: str
+    raw: Any = field(default=None, repr=False)
+
+    @property
+    def samples(self) -> int:
+        return int(len(self.raw))
+
+
+def load_eval_data(data: str | os.PathLike | np.ndarray, pre: Preprocess, limit: int | None = None) -> EvalData:
+    """Held-out raw images (+ labels when known): ``fashion-mnist`` means its TEST split; a
+    ``.npz`` may carry ``images`` and ``labels``; folders and ``.npy`` are unlabelled (cosine)."""
+    from .data import read_source
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be positive, got {limit}")
+    labels = None
+    if str(data) == DEFAULT_DATA and not isinstance(data, np.ndarray):
+        from ..data import fashion_mnist
+
+        raw, labels = fashion_mnist("test")
+        name = "fashion-mnist:test"
+    elif not isinstance(data, np.ndarray) and Path(data).suffix.lower() == ".npz" and Path(data).is_file():
+        z = np.load(Path(data), allow_pickle=False)
+        if "labels" in z and "images" in z:
+            raw, labels, name = z["images"], z["labels"], str(data)
+            if len(labels) != len(raw):
+                raise UsageError(f"{data}: {len(raw)} images but {len(labels)} labels")
+        else:
+            raw, _, name, _ = read_source(data, count=limit or 10**9)
+    else:
+        raw, _, name, _ = read_source(data, count=limit or 10**9)
+    if limit is not None:
+        raw = raw[:limit]
+        labels = labels[:limit] if labels is not None else None
+    if len(raw) == 0:
+        raise UsageError(f"evaluation data {name} is empty")
+    return EvalData(images={}, labels=None if labels is None else np.asarray(labels, np.int64), name=name, raw=raw)
+
+
+def _images(data: EvalData, pre: Preprocess, size: tuple[int, int]) -> np.ndarray:
+    from .data import preprocess_raw
+
+    if size not in data.images:
+        raw = data.raw
+        data.images[size] = np.concatenate([preprocess_raw(raw[i:i + 2000], pre, size, data.name, 3)
+                                            for i in range(0, len(raw), 2000)])
+    return data.images[size]
+
+
+def run_artifact(root: Path, art: Artifact, x: np.ndarray, cores: int, backend: str | None = None,
+                 options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """All outputs of ``art`` at ``cores`` on ``x``, batched (static-batch graphs are padded)."""
+    backend = backend or FORMAT_BACKEND[art.format]
+    opts = {"inference_precision": "f32"} if backend == "openvino" else {}
+    opts.update(options or {})
+    bs = art.batch if isinstance(art.batch, int) else EVAL_BATCH
+    outs: dict[str, list[np.ndarray]] = {}
+    with create_runner(backend, root / art.path, **opts) as r:
+        for i in range(0, len(x), bs):
+            xb = x[i:i + bs]
+            n = len(xb)
+            if isinstance(art.batch, int) and n < bs:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], bs - n, axis=0)])
+            feed = {IMAGES: xb}
+            if art.elastic:
+                feed[CORE_SELECT] = core_select(cores)
+            for k, v in r.infer(feed).items():
+                outs.setdefault(k, []).append(np.asarray(v, np.float32)[:n])
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)))
+
+
+def measure(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preprocess, manifest: Manifest,
+            progress: Callable[..., None] | None = None) -> dict[str, dict[str, Any]]:
+    """Accuracy record (the manifest's ``accuracy`` dict) for each artifact id.
+
+    Top-1 when the graphs have ``logits`` and ``data`` has labels; else the mean cosine of each
+    output against the FP32 ONNX graph (ONNX Runtime) at the same tier and size.
+    """
+    report = progress or (lambda *a, **k: None)
+    results: dict[str, dict[str, Any]] = {}
+    ref_cache: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
+    for art in arts:
+        backend = FORMAT_BACKEND[art.format]
+        if not backend_available(backend):
+            continue
+        x = _images(data, pre, art.size)
+        per_tier: dict[str, float] = {}
+        metric = "top1" if ("logits" in art.outputs and data.labels is not None) else "cosine"
+        for c in art.tiers:
+            report(f"eval {art.id} c={c}", advance=0)
+            out = run_artifact(root, art, x, c, backend)
+            if metric == "top1":
+                per_tier[str(c)] = float((out["logits"].argmax(-1) == data.labels).mean())
+            else:
+                key = (c, *art.size)
+                if key not in ref_cache:
+                    ref = _fp32_onnx(manifest, c, art.size)
+                    if ref is None:
+                        raise QuantizationError(f"{art.id}: no FP32 ONNX artifact at c={c} {art.height}x{art.width} "
+                                                "to compare features against")
+                    ref_cache[key] = out if ref.id == art.id else run_artifact(root, ref, x, c, "onnxruntime")
+                per_tier[str(c)] = min(mean_cosine(out[k], ref_cache[key][k]) for k in ref_cache[key] if k in out)
+        rec: dict[str, Any] = {"dataset": data.name, "samples": data.samples, "backend": backend,
+                               "metric": metric}
+        if backend == "openvino":
+            rec["inference_precision"] = "f32"
+        if art.elastic:
+            rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}
+        else:
+            rec["top1" if metric == "top1" else "cosine"] = round(next(iter(per_tier.values())), 6)
+        results[art.id] = rec
+    return results
+
+
+def _fp32_onnx(manifest: Manifest, cores: int, size: tuple[int, int]) -> Artifact | None:
+    cands = manifest.find(fmt="onnx", precision="fp32", cores=cores, size=size)
+    cands.sort(key=lambda a: a.elastic)  # prefer the per-tier graph
+    return cands[0] if cands else None
+
+
+def tier_values(rec: dict[str, Any]) -> dict[str, float]:
+    if "per_tier" in rec:
+        return {k: float(v) for k, v in rec["per_tier"].items()}
+    return {"_": float(rec["top1"] if "top1" in rec else rec["cosine"])}
+
+
+def gate(manifest: Manifest, results: dict[str, dict[str, Any]], allow_drop: float | None = None,
+         ids: Sequence[str] | None = None) -> list[str]:
+    """Failures of FP16/INT8 artifacts vs FP32 at the same tier, size and format (same runtime).
+
+    ``allow_drop`` (points) replaces the 1.0-point limit; for feature cosine it lowers the 0.99
+    floor by ``allow_drop / 100``.
+    """
+    by_id = {a.id: a for a in manifest.artifacts}
+    limit = MAX_DROP_POINTS if allow_drop is None else float(allow_drop)
+    failures = []
+    for aid, rec in results.items():
+        art = by_id.get(aid)
+        if art is None or art.precision == "fp32" or (ids is not None and aid not in ids):
+            continue
+        vals = tier_values(rec)
+        for c in art.tiers:
+            got = vals.get(str(c), vals.get("_"))
+            if got is None:
+                continue
+            if rec["metric"] == "cosine":
+                floor = MIN_FEATURE_COSINE - (0.0 if allow_drop is None else limit / 100.0)
+                if got < floor:
+                    failures.append(f"{aid} c={c}: feature cosine {got:.4f} < {floor:.4f}")
+                continue
+            ref = _reference_top1(manifest, results, art, c)
+            if ref is None:
+                failures.append(f"{aid} c={c}: no FP32 result at this tier to compare with")
+                continue
+            drop = (ref - got) * 100.0
+            if drop > limit + 1e-9:
+                failures.append(f"{aid} c={c}: top-1 {got * 100:.2f}% vs FP32 {ref * 100:.2f}% "
+                                f"(-{drop:.2f} points > {limit:g} allowed)")
+    return failures
+
+
+def reference_for(manifest: Manifest, art: Artifact, c: int) -> Artifact | None:
+    """The FP32 artifact a quantized one is judged against at tier ``c``: same format (same
+    runtime) first, then the same elasticity."""
+    cands = manifest.find(precision="fp32", cores=c, size=art.size)
+    cands.sort(key=lambda a: (a.format != art.format, a.elastic != art.elastic))
+    return cands[0] if cands else None
+
+
+def references(manifest: Manifest, arts: Sequence[Artifact]) -> list[Artifact]:
+    """FP32 artifacts needed to gate ``arts`` by top-1 (not measured already in ``arts``)."""
+    ids = {a.id for a in arts}
+    out: dict[str, Artifact] = {}
+    for a in arts:
+        if a.precision == "fp32" or "logits" not in a.outputs:
+            continue
+        for c in a.tiers:
+            ref = reference_for(manifest, a, c)
+            if ref is not None and ref.id not in ids:
+                out[ref.id] = ref
+    return list(out.values())
+
+
+def _reference_top1(manifest: Manifest, results: dict, art: Artifact, c: int) -> float | None:
+    ref = reference_for(manifest, art, c)
+    rec = results.get(ref.id) if ref is not None else None
+    if not rec or rec.get("metric") != "top1":
+        return None
+    v = tier_values(rec)
+    return v.get(str(c), v.get("_"))
+
+
+def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray = DEFAULT_DATA,
+             limit: int | None = None, backends: Sequence[str] | None = None, *, allow_drop: float | None = None,
+             json_out: str | os.PathLike | None = None, write: bool = True, gate_results: bool = True,
+             progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Measure every artifact of a bundle (top-1 or feature cosine per tier x precision x backend).
+
+    Writes each ``artifact.accuracy`` into the manifest atomically (``write``), saves the JSON
+    report (``json_out``) and raises :class:`QuantizationError` listing FP16/INT8 artifacts more
+    than 1.0 point (or ``allow_drop``) below FP32, after recording the numbers.
+    """
+    from ..bundle.io import write_manifest
+    from ..bundle.reader import Bundle
+
+    bundle = Bundle.open(bundle_dir)
+    known = set(FORMAT_BACKEND.values())
+    for b in backends or []:
+        if b not in known:
+            raise UsageError(f"unknown backend {b!r}; choose from {', '.join(sorted(known))}")
+    arts = [a for a in bundle.artifacts if backends is None or FORMAT_BACKEND[a.format] in backends]
+    skipped = [a.id for a in arts if not backend_available(FORMAT_BACKEND[a.format])]
+    arts = [a for a in arts if a.id not in skipped]
+    if not arts:
+        raise UsageError(f"{bundle.root}: no artifacts to evaluate with the requested/available backends")
+    for a in arts:
+        bundle.path_of(a)  # verify hashes before trusting any number
+    pre = bundle.preprocess
+    ev = load_eval_data(data, pre, limit)
+    # FP32 references are always measured on the same images, so drops compare like with like
+    refs = [a for a in references(bundle.manifest, arts) if backend_available(FORMAT_BACKEND[a.format])]
+    results = measure(bundle.root, refs + arts, ev, pre, bundle.manifest, progress)
+    failures = gate(bundle.manifest, results, allow_drop)
+    if write:
+        for a in bundle.manifest.artifacts:
+            if a.id in results:
+                a.accuracy = {**results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
+                                                  and a.precision != "fp32" else {})}
+        if allow_drop is not None:
+            bundle.manifest.calibration = {**bundle.manifest.calibration, "allow_drop": allow_drop}
+        write_manifest(bundle.root, bundle.manifest)
+    report = {"bundle": str(bundle.root), "dataset": ev.name, "samples": ev.samples, "skipped": skipped,
+              "gate": {"max_drop_points": MAX_DROP_POINTS if allow_drop is None else allow_drop,
+                       "min_feature_cosine": MIN_FEATURE_COSINE, "failures": failures},
+              "results": [{"artifact": aid, "format": _art(bundle.manifest, aid).format,
+                           "precision": _art(bundle.manifest, aid).precision,
+                           "cores": _art(bundle.manifest, aid).cores, "elastic": _art(bundle.manifest, aid).elastic,
+                           **rec} for aid, rec in results.items()]}
+    if json_out:
+        p = Path(json_out)
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    if failures and gate_results:
+        raise QuantizationError("accuracy gate failed: " + "; ".join(failures[:6])
+                                + (f" (+{len(failures) - 6} more)" if len(failures) > 6 else "")
+                                + " (numbers recorded; --allow-drop X accepts a larger drop)")
+    return report
+
+
+def _art(manifest: Manifest, aid: str) -> Artifact:
+    return next(a for a in manifest.artifacts if a.id == aid)

@@ -1,0 +1,133 @@
+"""ONNX graphs: INT8 QDQ via ``onnxruntime.quantization`` and FP16 via ORT's float16 converter.
+
+Works from the bundle's FP32 ONNX only (no torch). INT8: ``quant_pre_process`` then
+``quantize_static`` with per-channel symmetric weights; only the ops in the recipe (MatMul,
+Gemm, Conv) are quantized, LayerNorm / Softmax / activations / residual Adds stay float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..bundle.io import sha256_file
+from ..errors import QuantizationError
+from ..runtimes.base import CORE_SELECT, IMAGES, core_select
+from . import cache
+from .data import CalibrationSet
+from .recipe import Fp16Recipe, OrtRecipe
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise QuantizationError("quantizing ONNX needs the onnx package: pip install onnx") from None
+    return onnx
+
+
+def set_precision_metadata(path: Path, precision: str, extra: dict[str, str] | None = None) -> None:
+    """Keep the exporter's ``veca.*`` metadata and update ``veca.precision`` (ORT's tools drop or keep it)."""
+    onnx = _onnx()
+    m = onnx.load(str(path))
+    props = {p.key: p.value for p in m.metadata_props}
+    props.update({"veca.precision": precision, **(extra or {})})
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in _onnx().load(str(path)).metadata_props}
+
+
+def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRecipe, *,
+                       tiers: list[int] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """Write an INT8 QDQ graph of ``src`` to ``dst``. ``tiers`` (elastic graphs) cycles the core
+    selector over calibration batches so the ranges cover every tier. Returns what happened."""
+    onnx = _onnx()
+    from onnxruntime import __version__ as ort_version
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    meta = _metadata(src)
+    t0 = time.perf_counter()
+    key = cache.entry_key(cal.digest, sha256_file(src), ",".join(map(str, tiers or [])) or "static",
+                          {**recipe.to_dict(), "ort": ort_version})
+    ranges = cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
+    hit = ranges.is_file()
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[recipe.method]
+    extra = {"ActivationSymmetric": recipe.symmetric, "WeightSymmetric": True,
+             "QuantizeBias": not recipe.symmetric, "CalibPercentile": recipe.percentile}
+    extras = [{CORE_SELECT: core_select(t)} for t in tiers] if tiers else None
+    reader = cal.reader(batch_size=16, extra=extras, input_name=IMAGES)
+    pre_note = "quant_pre_process"
+    with tempfile.TemporaryDirectory(prefix="veca-q-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        root_level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs warnings per tensor
+        try:
+            cwd = contextlib.chdir(tmp)  # quant_pre_process drops temp files into the working directory
+            cwd.__enter__()
+            try:
+                quant_pre_process(str(src), str(pre))
+            except Exception as e:  # symbolic shape inference can fail on exotic graphs: skip it
+                pre_note = f"quant_pre_process without symbolic shapes ({type(e).__name__})"
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
+                            activation_type=QuantType.QInt8 if recipe.symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(recipe.nodes_to_exclude),
+                            calibrate_method=method, extra_options=extra, calibration_cache_path=str(ranges))
+        except QuantizationError:
+            raise
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise QuantizationError(f"{src.name}: ONNX Runtime quantization failed ({msg[:300]})") from None
+        finally:
+            cwd.__exit__(None, None, None)
+            logging.getLogger().setLevel(root_level)
+    set_precision_metadata(dst, "int8", {k: v for k, v in meta.items() if k.startswith("veca.")} | {
+        "veca.precision": "int8", "veca.quantization": recipe.variant})
+    m = onnx.load(str(dst))
+    q = sum(n.op_type == "QuantizeLinear" for n in m.graph.node)
+    return {"calibration_cache": "hit" if hit else "miss", "cache_key": key, "seconds": round(time.perf_counter() - t0, 2),
+            "preprocess": pre_note, "quantize_linear_nodes": q}
+
+
+def convert_onnx_fp16(src: Path, dst: Path, recipe: Fp16Recipe) -> dict[str, Any]:
+    """FP16 weights and math with float32 ``images`` in and float32 outputs; ``recipe.keep_fp32`` ops stay FP32."""
+    onnx = _onnx()
+    try:
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    except ImportError as e:
+        raise QuantizationError(f"FP16 conversion needs onnxruntime.transformers ({e})") from None
+    m = onnx.load(str(src))
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(recipe.keep_fp32))
+    try:
+        m16 = convert_float_to_float16(m, keep_io_types=recipe.keep_io_types, op_block_list=block)
+    except Exception as e:
+        raise QuantizationError(f"{src.name}: FP16 conversion failed ({type(e).__name__}: {str(e)[:200]})") from None
+    props = {p.key: p.value for p in m16.metadata_props}
+    props["veca.precision"] = "fp16"
+    del m16.metadata_props[:]
+    for k, v in props.items():
+        m16.metadata_props.add(key=k, value=v)
+    onnx.save(m16, str(dst))
+    kept = sorted({n.op_type for n in m16.graph.node if n.op_type in recipe.keep_fp32})
+    return {"kept_fp32_ops_present": kept, "fp16_initializers":
+            int(sum(i.data_type == onnx.TensorProto.FLOAT16 for i in m16.graph.initializer))}
+
+
+def tensorrt_check(path: Path) -> dict[str, Any]:
+    """Static TensorRT-readiness of a graph (signed INT8, zero point 0, float biases, ops)."""
+    from ..export.trt_check import check_onnx_for_tensorrt
+
+    rep = check_onnx_for_tensorrt(path)
+    return {"ok": rep.ok, "problems": rep.problems[:5], "target": rep.target}
+

@@ -1,0 +1,94 @@
+"""Quantization recipes: what to quantize and how, as data saved next to every result.
+
+Defaults come from the measurements in ``docs/quantization.md`` (trained veca_tiny, full
+Fashion-MNIST test set, this repo's CPU): see there before changing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import UsageError
+
+METHODS = ("minmax", "percentile", "entropy")
+#: Float ops that stay float: quantizing them ruins transformers (toolchain-facts: agreement 0.56-0.75).
+DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv")
+
+
+@dataclass(frozen=True)
+class OrtRecipe:
+    """ONNX Runtime static QDQ quantization. ``symmetric=True`` is the S8S8 variant TensorRT's
+    strongly typed builds need (signed INT8, zero point 0, float biases); False is U8S8."""
+
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    method: str = "minmax"
+    symmetric: bool = True
+    per_channel: bool = True
+    percentile: float = 99.999
+    nodes_to_exclude: tuple[str, ...] = ()
+    backend: str = "onnxruntime"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown calibration method {self.method!r}; choose from {', '.join(METHODS)}")
+
+    @property
+    def variant(self) -> str:
+        return "S8S8-symmetric" if self.symmetric else "U8S8"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["op_types"], d["nodes_to_exclude"] = list(self.op_types), list(self.nodes_to_exclude)
+        d["variant"] = self.variant
+        d["weights"] = "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor")
+        d["activations"] = "int8 symmetric" if self.symmetric else "uint8 asymmetric"
+        d["bias"] = "float" if self.symmetric else "int32"
+        return d
+
+
+@dataclass(frozen=True)
+class NncfRecipe:
+    """NNCF post-training quantization of the OpenVINO FP32 IR."""
+
+    model_type: str = "transformer"
+    smooth_quant: bool = False
+    preset: str = "mixed"
+    fast_bias_correction: bool = True
+    ignored_types: tuple[str, ...] = ()
+    backend: str = "openvino"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ignored_types"] = list(self.ignored_types)
+        return d
+
+
+@dataclass(frozen=True)
+class Fp16Recipe:
+    """ONNX FP16 with float32 I/O; the ops listed stay FP32 (LayerNorm overflows in FP16 on
+    TensorRT; Softmax and the RoPE trigonometry lose too much)."""
+
+    keep_fp32: tuple[str, ...] = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Cos", "Sin",
+                                  "Range", "Erf")
+    keep_io_types: bool = True
+    backend: str = "onnxruntime"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep_fp32": list(self.keep_fp32), "keep_io_types": self.keep_io_types, "backend": self.backend,
+                "converter": "onnxruntime.transformers.float16"}
+
+
+def ort_recipe(method: str | None = None, **overrides: Any) -> OrtRecipe:
+    r = OrtRecipe()
+    if method:
+        r = replace(r, method=method.lower())
+    return replace(r, **overrides) if overrides else r
+
+
+def recipe_key(*parts: Any) -> str:
+    """A stable hash of anything JSON-serializable (recipe dicts, digests, tiers)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,56 @@
+"""``veca-deploy eval``: top-1 (or feature cosine) per tier x precision x backend, into the manifest."""
+
+from __future__ import annotations
+
+import click
+
+from .common import out, parse_list, progress_reporter
+
+
+@click.command("eval")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="fashion-mnist (TEST split), a labelled .npz (images, labels), or unlabelled images (cosine).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+@click.option("--limit", type=int, default=None, help="Use only the first N images (default: all).")
+@click.option("--backend", "backends", default=None, help="Only these backends, comma-separated.")
+@click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
+@click.option("--no-write", is_flag=True, help="Do not record the accuracy in the manifest.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, quiet) -> None:
+    """Measure every artifact of BUNDLE_DIR on held-out data; fail if FP16/INT8 falls > 1 point below FP32."""
+    from rich.table import Table
+
+    from ..calibration.evaluate import evaluate
+    from ..errors import QuantizationError
+
+    with progress_reporter(not quiet) as rep:
+        report = evaluate(bundle_dir, data=data, limit=limit, backends=parse_list(backends), allow_drop=allow_drop,
+                          json_out=json_out, write=not no_write, gate_results=False, progress=rep)
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    tiers: set[int] = set()
+    for r in report["results"]:
+        vals = r.get("per_tier") or {str(r["cores"]): r.get("top1", r.get("cosine"))}
+        kind = "elastic" if r["elastic"] else "per-tier"
+        key = (f"{r['precision']} {kind}", r["backend"])
+        for c, v in vals.items():
+            rows.setdefault(key, {})[c] = v
+            tiers.add(int(c))
+    metric = report["results"][0]["metric"] if report["results"] else "top1"
+    t = Table(title=f"{metric} on {report['dataset']} ({report['samples']} images)")
+    t.add_column("precision")
+    t.add_column("backend")
+    for c in sorted(tiers):
+        t.add_column(f"c={c}", justify="right")
+    for (prec, backend), vals in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        fmt = (lambda v: f"{100 * v:.2f}%") if metric == "top1" else (lambda v: f"{v:.5f}")
+        t.add_row(prec, backend, *[fmt(vals[str(c)]) if str(c) in vals else "-" for c in sorted(tiers)])
+    out.print(t)
+    fails = report["gate"]["failures"]
+    if fails:
+        raise QuantizationError("accuracy gate failed: " + "; ".join(fails[:6])
+                                + (f" (+{len(fails) - 6} more)" if len(fails) > 6 else "")
+                                + " (numbers recorded; --allow-drop X accepts a larger drop)")
+    out.print("[green]gate passed[/green]: every FP16/INT8 artifact within "
+              f"{report['gate']['max_drop_points']:g} point(s) of FP32" if metric == "top1" else
+              f"[green]gate passed[/green]: feature cosine >= {report['gate']['min_feature_cosine']}")

@@ -1,0 +1,53 @@
+"""``veca-deploy quantize``: add INT8 / FP16 artifacts to an existing bundle (atomic, torch-free)."""
+
+from __future__ import annotations
+
+import click
+
+from .common import out, parse_int_list, parse_list, progress_reporter
+
+
+@click.command("quantize")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--precision", "precisions", default="int8", show_default=True, help="int8 and/or fp16, comma-separated.")
+@click.option("--calib", default=None,
+              help="Calibration data: a folder of jpg/png, a .npy/.npz, or fashion-mnist (TRAIN split).")
+@click.option("--calib-size", "count", type=int, default=None,
+              help="Calibration images (default 512, minimum 300 without --force).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
+              help="ONNX Runtime activation calibration (default minmax, see docs/quantization.md).")
+@click.option("--format", "formats", default=None, help="onnx, openvino (default: both, where the bundle has FP32).")
+@click.option("--tiers", default=None, help="Only these core tiers (elastic graphs are always included).")
+@click.option("--eval-data", default="fashion-mnist", show_default=True, help="Held-out data for the accuracy gate.")
+@click.option("--eval-limit", type=int, default=2000, show_default=True, help="Images the accuracy gate uses.")
+@click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
+@click.option("--force", is_flag=True, help="Accept fewer than 300 calibration images (recorded in the manifest).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def command(bundle_dir, precisions, calib, count, seed, method, formats, tiers, eval_data, eval_limit, allow_drop,
+            force, quiet) -> None:
+    """Add INT8 (ONNX QDQ + OpenVINO NNCF) and/or FP16 ONNX artifacts to BUNDLE_DIR, gated on parity and accuracy."""
+    from rich.table import Table
+
+    from ..calibration.quantize import quantize
+
+    precs = parse_list(precisions) or ["int8"]
+    with progress_reporter(not quiet) as rep:
+        m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), force=force,
+                     allow_drop=allow_drop, progress=rep, method=method, count=count, seed=seed,
+                     tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit)
+    t = Table(title=f"quantized artifacts in {bundle_dir}")
+    for col in ("artifact", "path", "MiB", "accuracy", "min cosine"):
+        t.add_column(col)
+    for a in m.artifacts:
+        if a.precision == "fp32" or a.format == "tensorrt":
+            continue
+        acc = a.accuracy or {}
+        val = acc.get("per_tier") or acc.get("top1", acc.get("cosine", ""))
+        par = a.parity if not a.elastic else next(iter(a.parity.values()), {})
+        cos = min((o["cosine"] for o in par.get("outputs", {}).values()), default=float("nan"))
+        t.add_row(a.id, a.path, f"{a.bytes / 2**20:.2f}", str(val), f"{cos:.4f}")
+    out.print(t)
+    cal = m.calibration
+    out.print(f"calibration: {cal.get('source')} ({cal.get('count')} images, seed {cal.get('seed')})"
+              + (" [yellow]below minimum, forced[/yellow]" if cal.get("forced_below_minimum") else ""))
