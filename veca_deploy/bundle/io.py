@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import BundleError, OutputExistsError
+from ..errors import BundleError, OutputExistsError, UsageError
 from .manifest import MANIFEST_NAME, Artifact, FileEntry, Manifest, resolve_inside
 
 
@@ -46,8 +46,11 @@ def staged_bundle(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
         raise OutputExistsError(f"{out} exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:  # parent is a file, read-only, permission denied, ...
+        raise UsageError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     try:
         yield stage
         swap_in(stage, out)

@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,26 @@ def _strip_prefixes(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _refusal_reason(e: BaseException) -> str:
+    """The informative line of torch's weights_only refusal (e.g. "unsupported GLOBAL posix.system"),
+    without its boilerplate, which advises retrying with weights_only=False: never for us."""
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line.startswith("Please file an issue") and "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if not line or line.startswith(("Weights only load failed", "Check the documentation", "Please file")):
+            continue
+        return line
+    return "unsupported pickle content"
+
+
 def _load_pickle(path: Path) -> dict[str, Any]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols: not one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported pickle content"
-        raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {first}") from None
+        raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {_refusal_reason(e)}") from None
     except Exception as e:  # torch.load raises many types (RuntimeError, KeyError, EOFError, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
