@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .data import FASHION_MNIST_DIR, fashion_mnist
 from .model.checkpoint import file_sha256
+from .runtimes.fingerprint import cpu_info
 from .model.registry import model_config
 
 
@@ -178,19 +179,9 @@ def train(cfg: TrainConfig | None = None, progress: Callable[[int, int, dict], N
         "history": history,
         "parameters": model.num_params(),
         "train_seconds": round(train_s, 1),
-        "machine": f"{_cpu_name()} ({torch.get_num_threads()} threads), torch {torch.__version__}",
+        "machine": f"{(cpu_info()['model'] or platform.machine())} ({torch.get_num_threads()} threads), torch {torch.__version__}",
     }
     return model, card
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_reference(out: str | Path, cfg: TrainConfig | None = None, progress=None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 from ..bundle.reader import Bundle
 from ..runtimes import create_runner
 from ..runtimes.base import IMAGES
+from ..runtimes.fingerprint import cpu_info
 from .data import load_calibration
 from .evaluate import _images, load_eval_data, run_artifact
 from .recipe import NncfRecipe, OrtRecipe
@@ -105,18 +106,8 @@ def study(bundle_dir: str | Path, tier: int = 8, limit: int | None = None, round
                              "top1": top1, "drop_points": (ovbase - top1) * 100, "fp32_ms": lat["a_ms"],
                              "int8_ms": lat["b_ms"], "speedup": lat["speedup"], "quantize_s": round(qs, 1)})
     return {"bundle": str(bundle_dir), "tier": tier, "samples": ev.samples, "calibration": cal.record(),
-            "machine": f"{platform.processor() or platform.machine()}, {_cpu_name()}", "rows": rows,
+            "machine": f"{platform.processor() or platform.machine()}, {(cpu_info()['model'] or platform.machine())}", "rows": rows,
             "date": time.strftime("%Y-%m-%d")}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:
