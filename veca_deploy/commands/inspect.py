@@ -11,16 +11,19 @@ from .common import out
 
 
 def _fmt_parity(a) -> str:
+    """Worst figure of the gate that applies: relative error for FP32, cosine otherwise."""
     p = a.parity or {}
-    if a.elastic and p:
-        worst = max((v["outputs"].get("patches", {}).get("rel", 0) for v in p.values()), default=0)
-        return f"rel {worst:.1e} @{len(p)} tiers"
-    outs = p.get("outputs") or {}
+    reports = list(p.values()) if a.elastic else [p]
+    outs = [o for r in reports if isinstance(r, dict) for o in (r.get("outputs") or {}).values()]
     if not outs:
         return "-"
     if a.precision == "fp32":
-        return f"rel {max(o['rel'] for o in outs.values()):.1e}"
-    return f"cos {min(o['cosine'] for o in outs.values()):.5f}"
+        return f"rel {max(o['rel'] for o in outs):.1e}"
+    return f"cos {min(o['cosine'] for o in outs):.4f}"
+
+
+def _pct(v: float) -> str:
+    return f"{v * 100 if v <= 1.0 else v:.2f}"
 
 
 @click.command("inspect")
@@ -39,13 +42,14 @@ def command(bundle, as_json):
     out.print(f"[bold]{model.get('name')}[/bold] from {model.get('source')}"
               f"{'  [yellow](random weights)[/yellow]' if model.get('random_weights') else ''}"
               f"  params {model.get('parameters', 0):,}  outputs {', '.join(model.get('outputs', []))}")
-    t = Table("id", "format", "precision", "cores", "size", "batch", "MB", "GFLOPs", "parity", "top-1")
+    t = Table("id", "cores", "batch", "MB", "GFLOPs", "parity", "top-1 %")
     for a in sorted(m.artifacts, key=lambda a: (a.height * a.width, a.elastic, a.cores, a.format, a.precision)):
         acc = a.accuracy or {}
-        top1 = f"{acc['top1']:.2f}" if "top1" in acc else (
-            ", ".join(f"{v:.1f}" for v in acc.get("per_tier", {}).values()) or "-")
+        per_tier = acc.get("per_tier") or {}
+        top1 = _pct(acc["top1"]) if "top1" in acc else (
+            " ".join(_pct(v["top1"] if isinstance(v, dict) else v) for v in per_tier.values()) or "-")
         cores = ",".join(map(str, a.tiers)) if a.elastic else str(a.cores)
-        t.add_row(a.id, a.format, a.precision, cores, f"{a.height}x{a.width}", str(a.batch),
+        t.add_row(a.id, cores, str(a.batch),
                   f"{(a.bytes + sum(f.bytes for f in a.files)) / 1e6:.2f}", f"{a.flops / 1e9:.3f}",
                   _fmt_parity(a), top1)
     out.print(t)
