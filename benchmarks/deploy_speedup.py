@@ -1,0 +1,253 @@
+"""What does deployment buy over PyTorch? PyTorch eager FP32 vs ONNX Runtime FP32/INT8 vs OpenVINO
+FP32/FP16/INT8, batch 1, for veca_small (random weights) at 256 and 512 px and C = 8, 16, 32, 64,
+and for the built-in reference model (veca_tiny, trained, 28 px, its four tiers).
+
+All variants of one (model, size, C) are timed interleaved. INT8 comes from the project's
+quantization code (``veca_deploy.calibration``: ORT static QDQ on MatMul/Gemm/Conv, default
+recipe; NNCF for OpenVINO). Calibration data: for veca_small (random weights, latency only)
+random crops/flips of the photos bundled with scikit-image (``skimage.data``), few images
+(``--calib-count``, recorded as forced below the 300-image minimum: scales do not change
+latency); for the reference model the bundle's own Fashion-MNIST TRAIN calibration (512 images).
+OpenVINO "FP16" is the FP16-compressed IR the bundles ship; on a CPU without native FP16/BF16
+compute it executes in f32 (the execution precision OpenVINO reports is recorded).
+
+    python benchmarks/deploy_speedup.py                       # full run
+    python benchmarks/deploy_speedup.py --bundle DIR          # reuse a reference bundle
+    python benchmarks/deploy_speedup.py --smoke --out /tmp/x  # CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as cm  # noqa: E402
+
+NAME = "deploy_speedup"
+VARIANTS = ("torch_fp32", "ort_fp32", "ort_fp16", "ort_int8", "ov_fp32", "ov_fp16", "ov_int8")
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="veca_small")
+    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--cores", default="8,16,32,64")
+    ap.add_argument("--int8-tiers", default="8@256,16@256,32@256,64@256,16@512",
+                    help="C@size list quantized to INT8, or 'all' (each INT8 tier costs two calibrations)")
+    ap.add_argument("--calib-count", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bundle", default=None, help="reference bundle to reuse (else one is exported)")
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--out", default=str(cm.RESULTS))
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.model, a.sizes, a.cores, a.calib_count, a.rounds = "veca_tiny", "28", "8", 8, 2
+        if a.int8_tiers == ap.get_default("int8_tiers"):
+            a.int8_tiers = "8@28"
+    a.sizes = [int(s) for s in str(a.sizes).split(",") if s]
+    a.cores = [int(c) for c in str(a.cores).split(",") if c]
+    a.int8 = ({(c, s) for c in a.cores for s in a.sizes} if a.int8_tiers == "all" else
+              {tuple(int(v) for v in t.split("@")) for t in a.int8_tiers.split(",") if t})
+    return a
+
+
+def skimage_calibration(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """uint8 NHWC 256x256 random crops / flips of the RGB photos shipped with scikit-image."""
+    from skimage import data as skd
+    from skimage.transform import resize
+
+    names = [n for n in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "cat")
+             if hasattr(skd, n)]
+    photos = []
+    for n in names:
+        img = getattr(skd, n)()
+        if img.ndim == 3 and img.shape[2] >= 3:
+            photos.append(img[..., :3])
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = img[y:y + side, x:x + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out.append((resize(crop, (256, 256), anti_aliasing=True) * 255).round().astype(np.uint8))
+    return np.stack(out), names
+
+
+def timed(variants: dict, rounds: int, iters: int) -> dict:
+    samples = cm.interleaved(variants, rounds=rounds, warmup=1, iters=iters)
+    return {k: cm.summary(v) for k, v in samples.items()}
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    import torch
+
+    from veca_deploy.calibration.data import load_calibration
+    from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
+    from veca_deploy.calibration.openvino_quant import quantize_openvino_int8
+    from veca_deploy.calibration.recipe import NncfRecipe, ort_recipe
+    from veca_deploy.export.onnx_export import export_onnx, simplify_onnx
+    from veca_deploy.export.openvino_export import export_openvino
+    from veca_deploy.model.flops import forward_flops
+    from veca_deploy.model.registry import create_model
+    from veca_deploy.preprocess import Preprocess
+    from veca_deploy.runtimes import create_runner
+
+    fp = cm.fingerprint(a.threads)
+    ort_opts = {"threads": a.threads} if a.threads else {}
+    ov_opts = {"inference_precision": "f32", **({"threads": a.threads} if a.threads else {})}
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    result = cm.header(fp, benchmark=NAME, model=a.model, sizes=a.sizes, cores=a.cores,
+                       int8_tiers=sorted(f"{c}@{s}" for c, s in a.int8), torch_threads=torch.get_num_threads(),
+                       settings={"onnxruntime": {"threads": a.threads or "default"},
+                                 "openvino": {"hint": "LATENCY", "inference_precision": "f32 (FP16 IR: weights "
+                                              "fp16-compressed, compute as reported)"},
+                                 "torch": "eager, torch.inference_mode(), FP32"})
+    cm.log(f"machine: {result['machine']}")
+    tmp = Path(tempfile.mkdtemp(prefix="veca-speedup-"))
+    rows: list[dict] = []
+
+    # ------------------------------------------------------------ veca_small, random weights
+    torch.manual_seed(0)
+    model = create_model(a.model).eval()
+    cfg = model.cfg
+    pre = Preprocess(mean=cfg.mean, std=cfg.std)
+    raw, photo_names = skimage_calibration(a.calib_count)
+    result["calibration"] = {"source": f"skimage.data photos {photo_names}: random crops/flips", "count": a.calib_count,
+                             "forced_below_minimum": True, "note": "random weights: scales only, latency unaffected",
+                             "ort_recipe": ort_recipe().to_dict(), "nncf_recipe": NncfRecipe().to_dict()}
+    for size in a.sizes:
+        cal = None
+        x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        for c in a.cores:
+            cm.log(f"== {a.model} {size} px C={c}")
+            build: dict[str, float] = {}
+            onnx_p = tmp / f"c{c}_{size}.onnx"
+            t0 = time.perf_counter()
+            export_onnx(model, onnx_p, height=size, width=size, cores=c)
+            simplify_onnx(onnx_p, "onnxslim")
+            build["onnx_fp32_s"] = round(time.perf_counter() - t0, 2)
+            xml32, xml16 = tmp / f"fp32_c{c}_{size}.xml", tmp / f"fp16_c{c}_{size}.xml"
+            t0 = time.perf_counter()
+            export_openvino(onnx_p, xml32, precision="fp32")
+            export_openvino(onnx_p, xml16, precision="fp16")
+            build["openvino_fp32_fp16_s"] = round(time.perf_counter() - t0, 2)
+            runners = {"ort_fp32": create_runner("onnxruntime", onnx_p, **ort_opts),
+                       "ov_fp32": create_runner("openvino", xml32, **ov_opts),
+                       "ov_fp16": create_runner("openvino", xml16, **ov_opts)}
+            if (c, size) in a.int8:
+                if cal is None:
+                    cal = load_calibration(raw, pre, (size, size), count=a.calib_count, force=True)
+                q_onnx, q_xml = tmp / f"c{c}_{size}.int8.onnx", tmp / f"int8_c{c}_{size}.xml"
+                t0 = time.perf_counter()
+                quantize_onnx_int8(onnx_p, q_onnx, cal, ort_recipe(), cache_dir=str(tmp / "cache"))
+                build["ort_int8_s"] = round(time.perf_counter() - t0, 2)
+                t0 = time.perf_counter()
+                quantize_openvino_int8(xml32, q_xml, cal, NncfRecipe(), cache_dir=str(tmp / "cache"))
+                build["openvino_int8_s"] = round(time.perf_counter() - t0, 2)
+                runners["ort_int8"] = create_runner("onnxruntime", q_onnx, **ort_opts)
+                runners["ov_int8"] = create_runner("openvino", q_xml, **ov_opts)
+            for r in runners.values():
+                r.activate()
+            feed = {"images": x}
+            calls = {"torch_fp32": lambda: model(xt, cores=c)}
+            calls.update({k: (lambda r=r: r.infer(feed, check=False)) for k, r in sorted(runners.items())})
+            cm.log(f"  built {build}")
+            with torch.inference_mode():
+                res = timed(calls, a.rounds, iters=1 if size >= 384 else 3)
+            rows.append(_row(a.model, size, c, forward_flops(cfg, size, size, c), res, runners, build, False))
+            cm.log("  " + ", ".join(f"{k}={v['median_ms']:.1f} ms" for k, v in res.items()))
+            for r in runners.values():
+                r.close()
+            del runners, calls
+            gc.collect()
+
+    # ------------------------------------------------------------ the reference model bundle
+    ref_export_s = None
+    if not a.skip_reference:
+        from veca_deploy.bundle.reader import Bundle
+        from veca_deploy.model.checkpoint import load_reference_model
+
+        bdir, ref_export_s = cm.reference_bundle(a.bundle, tmp / "reference", a.smoke)
+        bundle = Bundle.open(bdir)
+        ref = load_reference_model().eval()
+        for (c, h, w) in sorted({(t.cores, t.height, t.width) for t in bundle.artifacts if not t.elastic}):
+            cm.log(f"== reference veca_tiny {h} px C={c}")
+            x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            runners = {}
+            for art in bundle.artifacts:
+                if art.elastic or art.cores != c or (art.height, art.width) != (h, w):
+                    continue
+                key = ("ort_" if art.format == "onnx" else "ov_") + art.precision
+                backend = "onnxruntime" if art.format == "onnx" else "openvino"
+                runners[key] = create_runner(backend, bundle.path_of(art), **(ort_opts if art.format == "onnx"
+                                                                              else ov_opts)).activate()
+            feed = {"images": x}
+            calls = {"torch_fp32": lambda: ref(xt, cores=c)}
+            calls.update({k: (lambda r=r: r.infer(feed, check=False)) for k, r in sorted(runners.items())})
+            with torch.inference_mode():
+                res = timed(calls, max(a.rounds, 5), iters=5 if a.smoke else 40)
+            rows.append(_row("veca_tiny (reference)", h, c, forward_flops(ref.cfg, h, w, c), res, runners, {}, True))
+            cm.log("  " + ", ".join(f"{k}={v['median_ms']:.3f} ms" for k, v in res.items()))
+            for r in runners.values():
+                r.close()
+        result["reference_bundle"] = {"path": str(bdir), "export_s": ref_export_s and round(ref_export_s, 1)}
+    result["rows"] = rows
+    tgt = next((r for r in rows if r["model"] == a.model and r["size"] == 512 and r["cores"] == 16), None)
+    if tgt and tgt["speedup_vs_torch"].get("ov_int8"):
+        result["target_ov_int8_c16_512"] = {"speedup_vs_torch": tgt["speedup_vs_torch"]["ov_int8"],
+                                            "target": 3.0, "met": tgt["speedup_vs_torch"]["ov_int8"] >= 3.0}
+    cm.finish(result)
+
+    # ------------------------------------------------------------ markdown + plot
+    cols = [v for v in VARIANTS if any(v in r["ms"] for r in rows)]
+    hdr = ["model", "size", "C"] + [f"{v} ms" for v in cols] + [f"{v} x" for v in cols if v != "torch_fp32"]
+    tab = [[r["model"], r["size"], r["cores"]] + [r["ms"].get(v) for v in cols] +
+           [r["speedup_vs_torch"].get(v) for v in cols if v != "torch_fp32"] for r in rows]
+    md = (f"Machine: {result['machine']}. Batch 1; medians of interleaved rounds; `x` = PyTorch eager FP32 latency "
+          "/ variant latency. OpenVINO runs with `INFERENCE_PRECISION_HINT=f32`; `ov_fp16` is the FP16-compressed IR "
+          "(execution precision recorded in the JSON). INT8: ORT static QDQ (MatMul/Gemm/Conv, S8S8 per-channel) "
+          "and NNCF (SmoothQuant off).\n\n" + cm.md_table(hdr, tab))
+    plt = cm.plt()
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
+    width = 0.8 / max(len(cols) - 1, 1)
+    labels = [f"{r['model'].split(' ')[0]}\n{r['size']}px C={r['cores']}" for r in rows]
+    for i, v in enumerate([v for v in cols if v != "torch_fp32"]):
+        ax.bar(np.arange(len(rows)) + i * width, [r["speedup_vs_torch"].get(v) or 0 for r in rows], width, label=v)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(3.0, color="r", lw=0.8, ls="--", label="target 3x (OV INT8, C=16, 512 px)")
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, labels, fontsize=7)
+    ax.set(ylabel="speedup over PyTorch eager FP32", title=f"deployment speedup - {result['machine']}")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    paths = cm.write_results(a.out, NAME, result, md, fig)
+    print(md)
+    cm.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return result
+
+
+def _row(model, size, c, flops, res, runners, build, reference) -> dict:
+    ms = {k: v["median_ms"] for k, v in res.items()}
+    return {"model": model, "size": size, "cores": c, "flops": flops, "ms": ms, "timings": res,
+            "speedup_vs_torch": {k: cm.ratio(ms["torch_fp32"], v) for k, v in ms.items() if k != "torch_fp32"},
+            "runners": {k: r.describe() for k, r in runners.items()}, "build": build, "reference": reference}
+
+
+if __name__ == "__main__":
+    main()
