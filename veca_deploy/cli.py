@@ -63,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("veca-deploy: interrupted", err=True)
         return 130
+    except click.UsageError as e:  # bad option / missing argument: one line too
+        hint = f" (see 'veca-deploy {e.ctx.command_path.split(' ', 1)[1]} --help')" if e.ctx and " " in e.ctx.command_path else " (see --help)"
+        click.echo(f"veca-deploy: usage error: {_one_line(e.format_message())}{hint}", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"veca-deploy: error: {_one_line(e.format_message())}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("veca-deploy: interrupted", err=True)
         return 130
+    except OSError as e:  # the OS refused (disk full, I/O error, permissions): not a bug of ours
+        if debug:
+            raise
+        click.echo(f"veca-deploy: error: {_one_line(e)}", err=True)
+        return 74
     except Exception as e:  # a bug of ours: still one line, but say so
         if debug:
             raise
