@@ -141,6 +141,14 @@ def write_results(out: str | os.PathLike, name: str, result: dict[str, Any], mar
     return paths
 
 
+def publish(out: str | os.PathLike, name: str, result: dict[str, Any], markdown: str, fig=None) -> dict[str, Path]:
+    """write_results, then show the table and where it went (every benchmark ends this way)."""
+    paths = write_results(out, name, result, markdown, fig)
+    print(markdown)
+    log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return paths
+
+
 def plt():
     import matplotlib
 

@@ -3,8 +3,8 @@ FP32/FP16/INT8, batch 1, for veca_small (random weights) at 256 and 512 px and C
 and for the built-in reference model (veca_tiny, trained, 28 px, its four tiers).
 
 All variants of one (model, size, C) are timed interleaved. INT8 comes from the project's
-quantization code (``veca_deploy.calibration``: ORT static QDQ on MatMul/Gemm/Conv, default
-recipe; NNCF for OpenVINO). Calibration data: for veca_small (random weights, latency only)
+quantization code (``veca_deploy.calibration``: ORT static QDQ on MatMul/Gemm/Conv, both
+schemes: S8S8 and U8S8; NNCF for OpenVINO). Calibration data: for veca_small (random weights, latency only)
 random crops/flips of the photos bundled with scikit-image (``skimage.data``), few images
 (``--calib-count``, recorded as forced below the 300-image minimum: scales do not change
 latency); for the reference model the bundle's own Fashion-MNIST TRAIN calibration (512 images).
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 NAME = "deploy_speedup"
-VARIANTS = ("torch_fp32", "ort_fp32", "ort_fp16", "ort_int8", "ov_fp32", "ov_fp16", "ov_int8")
+VARIANTS = ("torch_fp32", "ort_fp32", "ort_fp16", "ort_int8", "ort_int8_u8s8", "ov_fp32", "ov_fp16", "ov_int8")
 
 
 def parse(argv=None):
@@ -157,10 +157,13 @@ def main(argv=None) -> dict:
                 t0 = time.perf_counter()
                 quantize_onnx_int8(onnx_p, q_onnx, cal, ort_recipe(), cache_dir=str(tmp / "cache"))
                 build["ort_int8_s"] = round(time.perf_counter() - t0, 2)
+                q_u8 = tmp / f"c{c}_{size}.int8-u8s8.onnx"
+                quantize_onnx_int8(onnx_p, q_u8, cal, ort_recipe(scheme="u8s8"), cache_dir=str(tmp / "cache"))
                 t0 = time.perf_counter()
                 quantize_openvino_int8(xml32, q_xml, cal, NncfRecipe(), cache_dir=str(tmp / "cache"))
                 build["openvino_int8_s"] = round(time.perf_counter() - t0, 2)
                 runners["ort_int8"] = create_runner("onnxruntime", q_onnx, **ort_opts)
+                runners["ort_int8_u8s8"] = create_runner("onnxruntime", q_u8, **ort_opts)
                 runners["ov_int8"] = create_runner("openvino", q_xml, **ov_opts)
             for r in runners.values():
                 r.activate()
@@ -222,8 +225,8 @@ def main(argv=None) -> dict:
            [r["speedup_vs_torch"].get(v) for v in cols if v != "torch_fp32"] for r in rows]
     md = (f"Machine: {result['machine']}. Batch 1; medians of interleaved rounds; `x` = PyTorch eager FP32 latency "
           "/ variant latency. OpenVINO runs with `INFERENCE_PRECISION_HINT=f32`; `ov_fp16` is the FP16-compressed IR "
-          "(execution precision recorded in the JSON). INT8: ORT static QDQ (MatMul/Gemm/Conv, S8S8 per-channel) "
-          "and NNCF (SmoothQuant off).\n\n" + cm.md_table(hdr, tab))
+          "(execution precision recorded in the JSON). INT8: ORT static QDQ (MatMul/Gemm/Conv, per-channel; `ort_int8` = "
+          "S8S8, the TensorRT-portable default; `ort_int8_u8s8` = `--int8-scheme u8s8`) and NNCF (SmoothQuant off).\n\n" + cm.md_table(hdr, tab))
     plt = cm.plt()
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
     width = 0.8 / max(len(cols) - 1, 1)
@@ -236,9 +239,7 @@ def main(argv=None) -> dict:
     ax.set(ylabel="speedup over PyTorch eager FP32", title=f"deployment speedup - {result['machine']}")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    paths = cm.write_results(a.out, NAME, result, md, fig)
-    print(md)
-    cm.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    cm.publish(a.out, NAME, result, md, fig)
     return result
 
 

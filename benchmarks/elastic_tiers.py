@@ -139,9 +139,7 @@ def main(argv=None) -> dict:
     ax.set(xlabel="latency ms (batch 1, median)", ylabel="top-1 %", title=f"tiers x precisions - {result['machine']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    paths = cm.write_results(a.out, NAME, result, md, fig)
-    print(md)
-    cm.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    cm.publish(a.out, NAME, result, md, fig)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Where does core attention pay off? veca_small (C=8, C=64) vs the like-for-like full-attention
+"""Where does core attention pay off? veca_small (C=8, 16, 64) vs the like-for-like full-attention
 vit_small, batch 1, across input sizes, in ONNX Runtime and OpenVINO FP32 (random weights).
 
 For each size the three graphs are exported (TorchScript, opset 17, onnxslim: what bundles ship),
@@ -34,7 +34,7 @@ def parse(argv=None):
     ap.add_argument("--model", default="veca_small")
     ap.add_argument("--baseline", default="vit_small")
     ap.add_argument("--sizes", default="224,384,512,768,1024,1536")
-    ap.add_argument("--cores", default="8,64")
+    ap.add_argument("--cores", default="8,16,64")
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime default = all cores)")
     ap.add_argument("--simplify", default="onnxslim", choices=["onnxslim", "onnxsim", "none"])
@@ -196,9 +196,7 @@ def main(argv=None) -> dict:
         x_.grid(alpha=0.3)
         x_.legend(fontsize=6)
     fig.suptitle(f"{a.model} vs {a.baseline} - {result['machine']}", fontsize=9)
-    paths = cm.write_results(a.out, NAME, result, md, fig)
-    print(md)
-    cm.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    cm.publish(a.out, NAME, result, md, fig)
     return result
 
 

@@ -146,11 +146,9 @@ def main(argv=None) -> dict:
     ax[1].set(ylabel="MB", title="bundle bytes")
     ax[1].legend(fontsize=7)
     fig.suptitle(result["machine"], fontsize=9)
-    paths = cm.write_results(a.out, NAME, result, md, fig)
     if not a.keep_bundle and not a.bundle:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(md)
-    cm.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    cm.publish(a.out, NAME, result, md, fig)
     return result
 
 

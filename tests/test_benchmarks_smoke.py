@@ -90,3 +90,40 @@ def test_runtime_overhead_smoke(tmp_path, tiny_bundle):
     for r in d["rows"]:
         assert all(_pos(v) for v in r["median_us"].values())
         assert "predict_overhead_pct" in r and isinstance(r["met"], bool)
+
+
+def test_profile_ops_smoke(tmp_path):
+    _load("profile_ops").main(["--smoke", "--out", str(tmp_path)])
+    d = _outputs(tmp_path, "profile_ops")
+    assert [r["variant"] for r in d["results"]] == list(_load("profile_ops").VARIANTS)
+    for r in d["results"]:
+        assert _pos(r["median_ms"]) and _pos(r["profile"]["total_ms"])
+        # every profile names real operators, and the FP32 graphs spend time in MatMul-like kernels
+        assert r["profile"]["by_op_type"] and all(_pos(e["ms"]) for e in r["profile"]["by_op_type"][:1])
+    ort32 = next(r for r in d["results"] if r["variant"] == "ort-fp32")
+    assert any("MatMul" in e["name"] for e in ort32["profile"]["by_op_type"])
+
+
+def test_report_reproduces_the_committed_results(tmp_path):
+    """benchmarks/report.py builds the README section from benchmarks/results: every figure it prints
+    comes from a JSON there, and it only rewrites the text between its markers."""
+    report = _load("report")
+    results = BENCH / "results"
+    scaling = json.loads((results / "scaling.json").read_text())
+    text = report.section(results)
+    assert scaling["machine"] in text
+    for r in scaling["ratios"]:
+        if r["size"] == 1024 and r.get("vit_over_veca_small_c16"):
+            assert f"{r['vit_over_veca_small_c16']:.2f}x" in text
+    overhead = json.loads((results / "runtime_overhead.json").read_text())
+    assert all(f"{r['predict_overhead_us']:+.0f} us" in text for r in overhead["rows"])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{report.BEGIN}\nstale\n{report.END}\nafter\n")
+    report.main(["--results", str(results), "--readme", str(readme)])
+    once = readme.read_text()
+    assert "stale" not in once and once.startswith("# title\n\nbefore\n") and once.endswith("after\n")
+    report.main(["--results", str(results), "--readme", str(readme)])
+    assert readme.read_text() == once  # idempotent
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="markers"):
+        report.main(["--results", str(results), "--readme", str(readme)])

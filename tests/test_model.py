@@ -151,3 +151,21 @@ def test_rope_zero_frequencies():
     assert (inv == 0).sum() == 1
     inv = rope_inv_periods(16, 100.0, 0.125, "low")  # round(0.5) = 0: half to even
     assert (inv == 0).sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rotate_half_matmul_is_bit_identical_to_the_pair_rotation(dtype):
+    """The exported form (t @ R) must equal the textbook pair rotation exactly, in every dtype."""
+    from veca_deploy.model.veca import rotate_half, rotation_matrix
+
+    t = (torch.randn(2, 3, 7, 16) * 100).to(dtype)
+    pairs = t.unflatten(-1, (-1, 2))
+    expected = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    assert torch.equal(rotate_half(t, rotation_matrix(16).to(dtype)), expected)
+    assert torch.equal(rotate_half(t), expected)
+
+
+def test_rotation_buffer_is_not_part_of_checkpoints_and_follows_dtype():
+    m = veca_deploy.create_model("veca_tiny")
+    assert not any("rope_rot" in k for k in m.state_dict())
+    assert m.half().blocks[0].attn.rope_rot.dtype == torch.float16

@@ -167,13 +167,53 @@ def test_top1_gate_compares_same_tier_and_backend_and_honours_allow_drop():
 @pytest.mark.slow
 @pytest.mark.skipif(not (Path(__file__).parents[1] / "veca_deploy/weights/veca_tiny/model.safetensors").is_file(),
                     reason="reference weights not trained yet")
-def test_reference_model_int8_within_one_point(reference_bundle, tmp_path, cache_dir):
+def _quantize_reference_c8(reference_bundle: Path, tmp_path: Path, cache_dir: str, **options):
+    """A copy of the reference bundle with ONNX INT8 for tier 8 (gated on 1000 test images):
+    (bundle folder, the INT8 artifact, FP32 top-1 of the same tier)."""
     import veca_deploy
 
     out = tmp_path / "ref"
     shutil.copytree(reference_bundle, out)
     m = veca_deploy.quantize(out, precisions=["int8"], calib="fashion-mnist", tiers=[8], formats=["onnx"],
-                             eval_limit=1000, cache_dir=cache_dir)
+                             eval_limit=1000, cache_dir=cache_dir, **options)
     fp32 = next(a for a in m.artifacts if a.id == "onnx-fp32-c8-28x28").accuracy["top1"]
-    int8 = next(a for a in m.artifacts if a.id == "onnx-int8-c8-28x28").accuracy["top1"]
-    assert fp32 > 0.8 and fp32 - int8 <= 0.01
+    return out, next(a for a in m.artifacts if a.id == "onnx-int8-c8-28x28"), fp32
+
+
+def test_reference_model_int8_within_one_point(reference_bundle, tmp_path, cache_dir):
+    _, int8, fp32 = _quantize_reference_c8(reference_bundle, tmp_path, cache_dir)
+    assert fp32 > 0.8 and fp32 - int8.accuracy["top1"] <= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "veca_deploy/weights/veca_tiny/model.safetensors").is_file(),
+                    reason="reference weights not trained yet")
+def test_u8s8_scheme_uses_integer_kernels_and_is_refused_by_tensorrt(reference_bundle, tmp_path, cache_dir):
+    """--int8-scheme u8s8: gated like S8S8, recorded, fused into ORT's QLinearMatMul, never built by TensorRT."""
+    import onnx
+    import onnxruntime as ort
+
+    from veca_deploy.export.trt_check import check_onnx_for_tensorrt
+
+    out, art, fp32 = _quantize_reference_c8(reference_bundle, tmp_path, cache_dir, int8_scheme="u8s8")
+    assert fp32 - art.accuracy["top1"] <= 0.01
+    assert art.details["recipe"]["variant"] == "U8S8-reduce-range" and art.details["recipe"]["reduce_range"]
+    g = onnx.load(str(out / art.path))
+    zps = {i.name: i.data_type for i in g.graph.initializer}
+    act_zp = [zps.get(n.input[2]) for n in g.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert act_zp and all(t == onnx.TensorProto.UINT8 for t in act_zp)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out / art.path), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert fused.count("QLinearMatMul") >= 10, sorted(set(fused))
+    rep = check_onnx_for_tensorrt(out / art.path)
+    assert not rep.ok and any("zero point" in p for p in rep.problems)
+
+
+def test_unknown_int8_scheme_is_a_usage_error():
+    from veca_deploy.calibration.recipe import ort_recipe
+    from veca_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="s8s8"):
+        ort_recipe(scheme="u4")

@@ -82,7 +82,8 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
             quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
                             activation_type=QuantType.QInt8 if recipe.symmetric else QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=list(recipe.nodes_to_exclude),
+                            weight_type=QuantType.QInt8, reduce_range=recipe.reduce_range,
+                            nodes_to_exclude=list(recipe.nodes_to_exclude),
                             calibrate_method=method, extra_options=extra, calibration_cache_path=str(ranges))
         except QuantizationError:
             raise

@@ -25,7 +25,7 @@ from ..runtimes import create_runner
 from ..runtimes.base import CORE_SELECT, IMAGES, core_select
 from .data import CalibrationSet, load_calibration
 from .evaluate import COSINE_GATE_SAMPLES, DEFAULT_DATA, DEFAULT_GATE_SAMPLES, gate, load_eval_data, measure, references
-from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
+from .recipe import INT8_SCHEMES, Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
 FORMATS = ("onnx", "openvino")
@@ -34,7 +34,8 @@ FORMATS = ("onnx", "openvino")
 def add_precisions(stage: Path, manifest: Manifest, *, model: Any = None, precisions: Sequence[str] = ("int8",),
                    formats: Sequence[str] | None = None, calib: str | os.PathLike | np.ndarray | None = None,
                    progress: Progress | None = None, force: bool = False, allow_drop: float | None = None,
-                   recipe: OrtRecipe | None = None, method: str | None = None, nncf_recipe: NncfRecipe | None = None,
+                   recipe: OrtRecipe | None = None, method: str | None = None, int8_scheme: str | None = None,
+                   nncf_recipe: NncfRecipe | None = None,
                    fp16_recipe: Fp16Recipe | None = None, count: int | None = None, num_samples: int | None = None,
                    seed: int = 0,
                    tiers: Sequence[int] | None = None, eval_data: str | os.PathLike | np.ndarray | None = DEFAULT_DATA,
@@ -63,9 +64,10 @@ def add_precisions(stage: Path, manifest: Manifest, *, model: Any = None, precis
         raise UsageError("int8 needs calibration data: pass --calib SRC (a folder, .npy/.npz or 'fashion-mnist')")
     if allow_drop is not None and (not np.isfinite(allow_drop) or allow_drop < 0):
         raise UsageError(f"--allow-drop must be a non-negative number of points, got {allow_drop}")
-    ort_r = recipe or ort_recipe(method)
-    if method and recipe is not None:
-        ort_r = replace(recipe, method=method)
+    ort_r = recipe or ort_recipe(method, int8_scheme)
+    if recipe is not None and (method or int8_scheme):
+        ort_r = replace(ort_r, **({"method": method} if method else {}),
+                        **(INT8_SCHEMES[int8_scheme] if int8_scheme in INT8_SCHEMES else {}))
     nncf_r, fp16_r = nncf_recipe or NncfRecipe(), fp16_recipe or Fp16Recipe()
     pre = Preprocess.from_dict(manifest.preprocess)
     channels = int(manifest.model.get("config", {}).get("in_channels", 3))

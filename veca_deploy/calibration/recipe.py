@@ -28,6 +28,7 @@ class OrtRecipe:
     symmetric: bool = True
     per_channel: bool = True
     percentile: float = 99.999
+    reduce_range: bool = False
     nodes_to_exclude: tuple[str, ...] = ()
     backend: str = "onnxruntime"
 
@@ -37,13 +38,15 @@ class OrtRecipe:
 
     @property
     def variant(self) -> str:
-        return "S8S8-symmetric" if self.symmetric else "U8S8"
+        base = "S8S8-symmetric" if self.symmetric else "U8S8"
+        return base + ("-reduce-range" if self.reduce_range else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["op_types"], d["nodes_to_exclude"] = list(self.op_types), list(self.nodes_to_exclude)
         d["variant"] = self.variant
-        d["weights"] = "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor")
+        d["weights"] = ("int7 (reduce_range)" if self.reduce_range else "int8") + " symmetric " + (
+            "per-channel" if self.per_channel else "per-tensor")
         d["activations"] = "int8 symmetric" if self.symmetric else "uint8 asymmetric"
         d["bias"] = "float" if self.symmetric else "int32"
         return d
@@ -82,8 +85,20 @@ class Fp16Recipe:
                 "converter": "onnxruntime.transformers.float16"}
 
 
-def ort_recipe(method: str | None = None, **overrides: Any) -> OrtRecipe:
+#: ONNX INT8 schemes: ``s8s8`` (default) is what TensorRT builds from (signed, zero point 0);
+#: ``u8s8`` keeps every MatMul in ONNX Runtime's integer kernels on x86 CPUs (QLinearMatMul),
+#: with 7-bit weights (``reduce_range``) so AVX2's u8 x s8 multiply-add cannot saturate.
+#: See docs/performance.md for the measurements.
+INT8_SCHEMES = {"s8s8": {"symmetric": True, "reduce_range": False},
+                "u8s8": {"symmetric": False, "reduce_range": True}}
+
+
+def ort_recipe(method: str | None = None, scheme: str | None = None, **overrides: Any) -> OrtRecipe:
     r = OrtRecipe()
+    if scheme:
+        if scheme not in INT8_SCHEMES:
+            raise UsageError(f"unknown INT8 scheme {scheme!r}; choose from {', '.join(INT8_SCHEMES)}")
+        r = replace(r, **INT8_SCHEMES[scheme])
     if method:
         r = replace(r, method=method.lower())
     return replace(r, **overrides) if overrides else r

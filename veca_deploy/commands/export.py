@@ -15,6 +15,9 @@ from .common import console, parse_int_list, parse_list, parse_size, progress_re
 @click.option("--precision", "precisions", default="fp32,fp16", show_default=True, help="fp32, fp16, int8.")
 @click.option("--calib", help="Calibration data for int8: a folder of images, a .npy/.npz, or fashion-mnist.")
 @click.option("--calib-size", type=int, default=None, help="Calibration images (default 512).")
+@click.option("--int8-scheme", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
+              help="ONNX INT8: s8s8 builds into TensorRT engines; u8s8 keeps ONNX Runtime on x86 CPUs "
+                   "in integer kernels (faster there).")
 @click.option("--allow-drop", type=float, default=None, help="Accept an accuracy drop up to X points.")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
@@ -25,7 +28,7 @@ from .common import console, parse_int_list, parse_list, parse_size, progress_re
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder / accept a small calibration set.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(source, cores, image_sizes, formats, precisions, calib, calib_size, allow_drop, batch, opset, exporter,
+def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, allow_drop, batch, opset, exporter,
             simplifier, elastic, random_weights, out, force, quiet):
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
@@ -37,7 +40,7 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             batch = int(batch)
         except ValueError:
             raise UsageError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
-    calib_options = {"force": force}
+    calib_options = {"force": force, "int8_scheme": int8_scheme}
     if calib_size is not None:
         calib_options["num_samples"] = calib_size
     if allow_drop is not None:

@@ -17,6 +17,9 @@ from .common import out, parse_int_list, parse_list, progress_reporter
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
               help="ONNX Runtime activation calibration (default minmax, see docs/quantization.md).")
+@click.option("--int8-scheme", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
+              help="ONNX INT8: s8s8 builds into TensorRT engines; u8s8 keeps ONNX Runtime on x86 CPUs "
+                   "in integer kernels (faster there).")
 @click.option("--format", "formats", default=None, help="onnx, openvino (default: both, where the bundle has FP32).")
 @click.option("--tiers", default=None, help="Only these core tiers (elastic graphs are always included).")
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Held-out data for the accuracy gate.")
@@ -24,7 +27,7 @@ from .common import out, parse_int_list, parse_list, progress_reporter
 @click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
 @click.option("--force", is_flag=True, help="Accept fewer than 300 calibration images (recorded in the manifest).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(bundle_dir, precisions, calib, count, seed, method, formats, tiers, eval_data, eval_limit, allow_drop,
+def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, formats, tiers, eval_data, eval_limit, allow_drop,
             force, quiet) -> None:
     """Add INT8 (ONNX QDQ + OpenVINO NNCF) and/or FP16 ONNX artifacts to BUNDLE_DIR, gated on parity and accuracy."""
     from rich.table import Table
@@ -34,7 +37,7 @@ def command(bundle_dir, precisions, calib, count, seed, method, formats, tiers, 
     precs = parse_list(precisions) or ["int8"]
     with progress_reporter(not quiet) as rep:
         m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), force=force,
-                     allow_drop=allow_drop, progress=rep, method=method, count=count, seed=seed,
+                     allow_drop=allow_drop, progress=rep, method=method, int8_scheme=int8_scheme, count=count, seed=seed,
                      tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit)
     t = Table(title=f"quantized artifacts in {bundle_dir}")
     for col in ("artifact", "path", "MiB", "accuracy", "min cosine"):
