@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,23 @@ def test_unknown_method_is_a_usage_error():
 
     with pytest.raises(UsageError, match="minmax"):
         OrtRecipe(method="kl")
+
+
+def test_int8_with_relative_paths_and_cache(tiny_bundle, tmp_path, monkeypatch):
+    """Regression: `export --out bundles/x` (a relative bundle path) failed in INT8 because ORT's
+    pre-processing runs in a temporary working directory; relative inputs, outputs and cache
+    folders must all resolve against the caller's directory."""
+    import shutil
+
+    from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
+
+    (tmp_path / "rel").mkdir()
+    shutil.copyfile(tiny_bundle / "onnx" / "c8_28x28.onnx", tmp_path / "rel" / "a.onnx")
+    monkeypatch.chdir(tmp_path)
+    cal = load_calibration(np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8), PRE, (28, 28),
+                           count=8, force=True)
+    info = quantize_onnx_int8(Path("rel/a.onnx"), Path("rel/b.onnx"), cal, OrtRecipe(), cache_dir="cache")
+    assert info["calibration_cache"] == "miss" and (tmp_path / "rel" / "b.onnx").stat().st_size > 0
+    assert list((tmp_path / "cache").rglob("*.json")), "calibration ranges must land in ./cache, not a temp dir"
+    again = quantize_onnx_int8(Path("rel/a.onnx"), Path("rel/c.onnx"), cal, OrtRecipe(), cache_dir="cache")
+    assert again["calibration_cache"] == "hit"

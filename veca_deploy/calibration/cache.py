@@ -16,13 +16,14 @@ from .recipe import recipe_key
 
 
 def cache_root(override: str | os.PathLike | None = None) -> Path:
+    """Absolute, so a quantizer that changes the working directory still finds it."""
     if override:
-        return Path(override)
+        return Path(override).expanduser().absolute()
     env = os.environ.get("VECA_CACHE_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser().absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "veca-deploy"
+    return (Path(base) / "veca-deploy").absolute()
 
 
 def entry_key(data_sha256: str, model_sha256: str, tier: int | str, recipe: dict) -> str:

@@ -54,11 +54,14 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
     from onnxruntime import __version__ as ort_version
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    # absolute before the chdir below: relative paths (e.g. `export --out bundles/x`) would
+    # otherwise resolve inside the temporary working directory
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     meta = _metadata(src)
     t0 = time.perf_counter()
     key = cache.entry_key(cal.digest, sha256_file(src), ",".join(map(str, tiers or [])) or "static",
                           {**recipe.to_dict(), "ort": ort_version})
-    ranges = cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
+    ranges = (cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json").resolve()
     hit = ranges.is_file()
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[recipe.method]
