@@ -90,8 +90,9 @@ def scaling_table(sc: dict) -> str:
 
 
 def deploy_table(ds: dict) -> str:
-    cols = [c for c in ("torch_fp32", "ort_fp32", "ort_int8", "ort_int8_u8s8", "ov_fp32", "ov_fp16", "ov_int8")
-            if any(c in x["ms"] for x in ds["rows"])]
+    from deploy_speedup import VARIANTS
+
+    cols = [c for c in VARIANTS if any(c in x["ms"] for x in ds["rows"])]
     hdr = ["model", "size", "C"] + [f"{c} ms" for c in cols] + ["fastest / eager"]
     rows = []
     for x in ds["rows"]:

@@ -212,8 +212,18 @@ def test_u8s8_scheme_uses_integer_kernels_and_is_refused_by_tensorrt(reference_b
 
 
 def test_unknown_int8_scheme_is_a_usage_error():
-    from veca_deploy.calibration.recipe import ort_recipe
+    from veca_deploy.calibration.recipe import OrtRecipe, ort_recipe
     from veca_deploy.errors import UsageError
 
     with pytest.raises(UsageError, match="s8s8"):
         ort_recipe(scheme="u4")
+    with pytest.raises(UsageError, match="s8s8"):  # also on top of an explicit recipe
+        ort_recipe(scheme="u4", base=OrtRecipe(method="percentile"))
+
+
+def test_scheme_and_method_apply_on_top_of_an_explicit_recipe():
+    from veca_deploy.calibration.recipe import OrtRecipe, ort_recipe
+
+    r = ort_recipe("entropy", "u8s8", base=OrtRecipe(op_types=("MatMul",)))
+    assert (r.op_types, r.method, r.symmetric, r.reduce_range) == (("MatMul",), "entropy", False, True)
+    assert ort_recipe(base=OrtRecipe(method="percentile")).method == "percentile"

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("veca-deploy: interrupted", err=True)
         return 130
     except click.UsageError as e:  # bad option / missing argument: one line too
-        hint = f" (see 'veca-deploy {e.ctx.command_path.split(' ', 1)[1]} --help')" if e.ctx and " " in e.ctx.command_path else " (see --help)"
+        sub = e.ctx.command_path.partition(" ")[2] if e.ctx else ""
+        hint = f" (see 'veca-deploy {sub} --help')" if sub else " (see --help)"
         click.echo(f"veca-deploy: usage error: {_one_line(e.format_message())}{hint}", err=True)
         return e.exit_code
     except click.ClickException as e:

@@ -61,7 +61,7 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
     t0 = time.perf_counter()
     key = cache.entry_key(cal.digest, sha256_file(src), ",".join(map(str, tiers or [])) or "static",
                           {**recipe.to_dict(), "ort": ort_version})
-    ranges = (cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json").resolve()
+    ranges = cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
     hit = ranges.is_file()
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[recipe.method]

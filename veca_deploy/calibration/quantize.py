@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,7 +24,7 @@ from ..runtimes import create_runner
 from ..runtimes.base import CORE_SELECT, IMAGES, core_select
 from .data import CalibrationSet, load_calibration
 from .evaluate import COSINE_GATE_SAMPLES, DEFAULT_DATA, DEFAULT_GATE_SAMPLES, gate, load_eval_data, measure, references
-from .recipe import INT8_SCHEMES, Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
+from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
 FORMATS = ("onnx", "openvino")
@@ -64,10 +63,7 @@ def add_precisions(stage: Path, manifest: Manifest, *, model: Any = None, precis
         raise UsageError("int8 needs calibration data: pass --calib SRC (a folder, .npy/.npz or 'fashion-mnist')")
     if allow_drop is not None and (not np.isfinite(allow_drop) or allow_drop < 0):
         raise UsageError(f"--allow-drop must be a non-negative number of points, got {allow_drop}")
-    ort_r = recipe or ort_recipe(method, int8_scheme)
-    if recipe is not None and (method or int8_scheme):
-        ort_r = replace(ort_r, **({"method": method} if method else {}),
-                        **(INT8_SCHEMES[int8_scheme] if int8_scheme in INT8_SCHEMES else {}))
+    ort_r = ort_recipe(method, int8_scheme, base=recipe)
     nncf_r, fp16_r = nncf_recipe or NncfRecipe(), fp16_recipe or Fp16Recipe()
     pre = Preprocess.from_dict(manifest.preprocess)
     channels = int(manifest.model.get("config", {}).get("in_channels", 3))

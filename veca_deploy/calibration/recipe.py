@@ -93,8 +93,10 @@ INT8_SCHEMES = {"s8s8": {"symmetric": True, "reduce_range": False},
                 "u8s8": {"symmetric": False, "reduce_range": True}}
 
 
-def ort_recipe(method: str | None = None, scheme: str | None = None, **overrides: Any) -> OrtRecipe:
-    r = OrtRecipe()
+def ort_recipe(method: str | None = None, scheme: str | None = None, base: OrtRecipe | None = None,
+               **overrides: Any) -> OrtRecipe:
+    """``base`` (default: the default recipe) with the INT8 scheme, method and overrides applied."""
+    r = base or OrtRecipe()
     if scheme:
         if scheme not in INT8_SCHEMES:
             raise UsageError(f"unknown INT8 scheme {scheme!r}; choose from {', '.join(INT8_SCHEMES)}")

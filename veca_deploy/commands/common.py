@@ -15,6 +15,15 @@ console = Console(stderr=True)
 out = Console()
 
 
+def int8_scheme_option(f):
+    """``--int8-scheme`` for export and quantize (choices: calibration.recipe.INT8_SCHEMES)."""
+    from ..calibration.recipe import INT8_SCHEMES
+
+    return click.option("--int8-scheme", type=click.Choice(list(INT8_SCHEMES)), default="s8s8", show_default=True,
+                        help="ONNX INT8: s8s8 builds into TensorRT engines; u8s8 keeps ONNX Runtime on x86 "
+                             "CPUs in integer kernels (faster there).")(f)
+
+
 def parse_int_list(value: str | None, what: str = "values") -> list[int] | None:
     if value is None or value == "":
         return None

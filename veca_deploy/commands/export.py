@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import console, parse_int_list, parse_list, parse_size, progress_reporter
+from .common import console, int8_scheme_option, parse_int_list, parse_list, parse_size, progress_reporter
 
 
 @click.command("export")
@@ -15,9 +15,7 @@ from .common import console, parse_int_list, parse_list, parse_size, progress_re
 @click.option("--precision", "precisions", default="fp32,fp16", show_default=True, help="fp32, fp16, int8.")
 @click.option("--calib", help="Calibration data for int8: a folder of images, a .npy/.npz, or fashion-mnist.")
 @click.option("--calib-size", type=int, default=None, help="Calibration images (default 512).")
-@click.option("--int8-scheme", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
-              help="ONNX INT8: s8s8 builds into TensorRT engines; u8s8 keeps ONNX Runtime on x86 CPUs "
-                   "in integer kernels (faster there).")
+@int8_scheme_option
 @click.option("--allow-drop", type=float, default=None, help="Accept an accuracy drop up to X points.")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import out, parse_int_list, parse_list, progress_reporter
+from .common import int8_scheme_option, out, parse_int_list, parse_list, progress_reporter
 
 
 @click.command("quantize")
@@ -17,9 +17,7 @@ from .common import out, parse_int_list, parse_list, progress_reporter
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
               help="ONNX Runtime activation calibration (default minmax, see docs/quantization.md).")
-@click.option("--int8-scheme", type=click.Choice(["s8s8", "u8s8"]), default="s8s8", show_default=True,
-              help="ONNX INT8: s8s8 builds into TensorRT engines; u8s8 keeps ONNX Runtime on x86 CPUs "
-                   "in integer kernels (faster there).")
+@int8_scheme_option
 @click.option("--format", "formats", default=None, help="onnx, openvino (default: both, where the bundle has FP32).")
 @click.option("--tiers", default=None, help="Only these core tiers (elastic graphs are always included).")
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Held-out data for the accuracy gate.")
