@@ -133,9 +133,9 @@ def build(a, model, tmp: Path) -> dict[str, tuple[str, Path]]:
         raw, _ = skimage_calibration(a.calib_count)
         cal = load_calibration(raw, Preprocess(mean=model.cfg.mean, std=model.cfg.std), (a.size, a.size), count=a.calib_count, force=True)
         cache = str(tmp / "cache")
-        for v, sym in (("ort-int8-s8s8", True), ("ort-int8-u8s8", False)):
-            if v in a.variants:
-                quantize_onnx_int8(onnx_p, tmp / f"{v}.onnx", cal, ort_recipe(symmetric=sym), cache_dir=cache)
+        for v, scheme in (("ort-int8-s8s8", "s8s8"), ("ort-int8-u8s8", "u8s8")):
+            if v in a.variants:  # the exact schemes `--int8-scheme` ships
+                quantize_onnx_int8(onnx_p, tmp / f"{v}.onnx", cal, ort_recipe(scheme=scheme), cache_dir=cache)
                 paths[v] = ("onnxruntime", tmp / f"{v}.onnx")
         if "ov-int8" in a.variants:
             quantize_openvino_int8(xml, tmp / "ov-int8.xml", cal, NncfRecipe(), cache_dir=cache)
