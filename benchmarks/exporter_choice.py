@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from veca_deploy.export.onnx_export import export_onnx, op_histogram, simplify_onnx
+from veca_deploy.convert.onnx_graph import op_histogram, simplify_onnx
+from veca_deploy.export.onnx_export import export_onnx
 from veca_deploy.model.registry import create_model
 from veca_deploy.runtimes import create_runner
 

@@ -116,8 +116,9 @@ def build(a, model, tmp: Path) -> dict[str, tuple[str, Path]]:
     from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
     from veca_deploy.calibration.openvino_quant import quantize_openvino_int8
     from veca_deploy.calibration.recipe import NncfRecipe, ort_recipe
-    from veca_deploy.export.onnx_export import export_onnx, simplify_onnx
-    from veca_deploy.export.openvino_export import export_openvino
+    from veca_deploy.convert.onnx_graph import simplify_onnx
+    from veca_deploy.export.onnx_export import export_onnx
+    from veca_deploy.convert.openvino_ir import export_openvino
     from veca_deploy.preprocess import Preprocess
 
     onnx_p, xml = tmp / "fp32.onnx", tmp / "fp32.xml"

@@ -60,7 +60,9 @@ def main(argv=None) -> dict:
     a = parse(argv)
     import torch
 
-    from veca_deploy.export.onnx_export import export_onnx, simplify_onnx
+    from veca_deploy.convert.onnx_graph import simplify_onnx
+
+    from veca_deploy.export.onnx_export import export_onnx
     from veca_deploy.model.flops import forward_flops
     from veca_deploy.model.registry import create_model
     from veca_deploy.runtimes import create_runner

@@ -16,7 +16,7 @@ def golden_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    """veca_tiny (random weights, with a 10-class head) at 4 tiers, 28x28, ONNX + OpenVINO FP32 + elastic."""
+    """veca_tiny (random weights, backbone only: no classifier head) at 4 tiers, 28x28, ONNX + OpenVINO FP32 + elastic."""
     import veca_deploy
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"

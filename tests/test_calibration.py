@@ -47,7 +47,7 @@ def test_fashion_mnist_sample_is_seeded_train_only_and_recorded():
 
 @needs_fmnist
 def test_too_few_images_needs_force_and_is_recorded():
-    with pytest.raises(QuantizationError, match="minimum 300.*--force"):
+    with pytest.raises(QuantizationError, match="minimum 300.*--allow-small-calib"):
         load_calibration("fashion-mnist", PRE, (28, 28), count=100)
     forced = load_calibration("fashion-mnist", PRE, (28, 28), count=100, force=True)
     assert forced.count == 100 and forced.record()["forced_below_minimum"] is True
@@ -98,7 +98,7 @@ def test_image_folder_recursive_with_force(tmp_path):
 @needs_fmnist
 def test_int8_cache_hit_is_fast_and_changed_data_is_not_stale(tiny_bundle, tmp_path):
     from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
-    from veca_deploy.export.trt_check import check_onnx_for_tensorrt
+    from veca_deploy.convert.trt_check import check_onnx_for_tensorrt
 
     src = tiny_bundle / "onnx" / "c8_28x28.onnx"
     cal = load_calibration("fashion-mnist", PRE, (28, 28), count=300)

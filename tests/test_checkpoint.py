@@ -12,6 +12,7 @@ import torch
 
 import veca_deploy
 from veca_deploy.errors import CheckpointError
+from veca_deploy.model.checkpoint import save_pretrained
 from veca_deploy.model.registry import model_config
 from veca_deploy.model.veca import VECA
 
@@ -81,7 +82,7 @@ def test_naive_reference_agrees_with_golden(golden_dir):
 def test_save_pretrained_roundtrip(tmp_path):
     torch.manual_seed(1)
     m = veca_deploy.create_model("veca_tiny", num_classes=10).eval()
-    m.save_pretrained(tmp_path / "w")
+    save_pretrained(m, tmp_path / "w")
     assert sorted(os.listdir(tmp_path / "w")) == ["config.json", "model.safetensors"]
     m2 = veca_deploy.load_checkpoint(tmp_path / "w")
     x = torch.randn(1, 3, 28, 28)
@@ -89,7 +90,7 @@ def test_save_pretrained_roundtrip(tmp_path):
         for a, b in zip(m(x, cores=16), m2(x, cores=16)):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
     # saving again over an existing folder replaces it atomically
-    m.save_pretrained(tmp_path / "w")
+    save_pretrained(m, tmp_path / "w")
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
 
@@ -170,18 +171,18 @@ def test_safetensors_folder_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         veca_deploy.load_checkpoint(tmp_path / "w")
     m = veca_deploy.create_model("veca_tiny")
-    m.save_pretrained(tmp_path / "ok")
+    save_pretrained(m, tmp_path / "ok")
     (tmp_path / "ok" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         veca_deploy.load_checkpoint(tmp_path / "ok")
-    m.save_pretrained(tmp_path / "ok2")
+    save_pretrained(m, tmp_path / "ok2")
     cfg = json.loads((tmp_path / "ok2" / "config.json").read_text())
     cfg["hidden_dim"] = 128
     cfg["num_heads"] = 4
     (tmp_path / "ok2" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         veca_deploy.load_checkpoint(tmp_path / "ok2")
-    m.save_pretrained(tmp_path / "ok3")
+    save_pretrained(m, tmp_path / "ok3")
     (tmp_path / "ok3" / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         veca_deploy.load_checkpoint(tmp_path / "ok3")

@@ -586,7 +586,7 @@ def _truncate_after_real(real):
 
 def _fault_export(monkeypatch, fault: str):
     import veca_deploy.bundle.io as bio
-    import veca_deploy.export.openvino_export as ove
+    import veca_deploy.convert.openvino_ir as ove
     import veca_deploy.export.pipeline as pipe
 
     enospc = OSError(errno.ENOSPC, "No space left on device")
@@ -594,7 +594,7 @@ def _fault_export(monkeypatch, fault: str):
         monkeypatch.setattr(pipe, "simplify_onnx", _fail_on_call(pipe.simplify_onnx, 2, Injected("simplify")))
         return Injected
     if fault == "openvino-2nd-call":
-        monkeypatch.setattr(ove, "export_openvino", _fail_on_call(ove.export_openvino, 2, Injected("openvino")))
+        monkeypatch.setattr(pipe, "export_openvino", _fail_on_call(ove.export_openvino, 2, Injected("openvino")))
         return Injected
     if fault == "enospc-onnx-write":
         real = pipe.export_onnx
@@ -612,7 +612,7 @@ def _fault_export(monkeypatch, fault: str):
         monkeypatch.setattr(Path, "write_text", write_text)
         return OSError
     if fault == "interrupt-openvino":
-        monkeypatch.setattr(ove, "export_openvino", _fail_on_call(ove.export_openvino, 1, KeyboardInterrupt()))
+        monkeypatch.setattr(pipe, "export_openvino", _fail_on_call(ove.export_openvino, 1, KeyboardInterrupt()))
         return KeyboardInterrupt
     if fault == "rename-into-place":  # the final swap: out -> .old succeeds, stage -> out fails
         real_rename = os.rename

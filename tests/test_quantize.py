@@ -35,7 +35,7 @@ def quantized(tiny_bundle, tmp_path_factory, cache_dir) -> Path:
 
 def test_quantize_adds_gated_artifacts(quantized):
     from veca_deploy.bundle.reader import Bundle
-    from veca_deploy.export.trt_check import check_onnx_for_tensorrt
+    from veca_deploy.convert.trt_check import check_onnx_for_tensorrt
 
     b = Bundle.open(quantized)
     ids = {a.id for a in b.artifacts}
@@ -88,7 +88,7 @@ def test_cli_refuses_tiny_and_mismatched_calibration_and_leaves_bundle(quantized
     code, err = _cli(capsys, "quantize", str(quantized), "--precision", "int8", "--calib", str(tmp_path / "tiny.npy"),
                      "-q")
     assert code == QuantizationError.exit_code and len(err.splitlines()) == 1
-    assert "only 50 images" in err and "--force" in err
+    assert "only 50 images" in err and "--allow-small-calib" in err
     np.save(tmp_path / "rgba.npy", rng.integers(0, 255, (400, 28, 28, 4), dtype=np.uint8))
     code, err = _cli(capsys, "quantize", str(quantized), "--calib", str(tmp_path / "rgba.npy"), "-q")
     assert code == QuantizationError.exit_code and "C in (1, 3)" in err and len(err.splitlines()) == 1
@@ -193,7 +193,7 @@ def test_u8s8_scheme_uses_integer_kernels_and_is_refused_by_tensorrt(reference_b
     import onnx
     import onnxruntime as ort
 
-    from veca_deploy.export.trt_check import check_onnx_for_tensorrt
+    from veca_deploy.convert.trt_check import check_onnx_for_tensorrt
 
     out, art, fp32 = _quantize_reference_c8(reference_bundle, tmp_path, cache_dir, int8_scheme="u8s8")
     assert fp32 - art.accuracy["top1"] <= 0.01

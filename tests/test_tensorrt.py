@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from veca_deploy.bundle.io import file_entry, write_manifest  # noqa: E402
 from veca_deploy.bundle.manifest import Artifact, Manifest  # noqa: E402
 from veca_deploy.errors import BackendUnavailable, BundleError, UsageError  # noqa: E402
-from veca_deploy.export.trt_check import (check_bundle_for_tensorrt, check_onnx_for_tensorrt,  # noqa: E402
+from veca_deploy.convert.trt_check import (check_bundle_for_tensorrt, check_onnx_for_tensorrt,  # noqa: E402
                                           op_supported)
 from veca_deploy.runtimes.jetson import fingerprint_matches, gpu_slug, tegra_release  # noqa: E402
 
@@ -291,7 +291,7 @@ def test_fingerprint_from_incomplete_sidecar_is_refused():
 
 
 def test_timing_cache_and_slug_names():
-    from veca_deploy.export.tensorrt_build import plan_paths, timing_cache_path
+    from veca_deploy.convert.tensorrt_build import plan_paths, timing_cache_path
 
     assert gpu_slug(FP) == "orin-sm87"
     assert timing_cache_path(FP) == "tensorrt/timing-orin-sm87-trt10.3.0.cache"
@@ -308,7 +308,7 @@ def test_tegra_release_parsing(tmp_path):
 
 def test_select_sources_filters_precision_tiers_and_elastic(onnx_files, tmp_path):
     from veca_deploy.bundle.manifest import read_manifest
-    from veca_deploy.export.tensorrt_build import select_sources
+    from veca_deploy.convert.tensorrt_build import select_sources
 
     b = make_bundle(tmp_path / "b", [{"src": onnx_files["fixed"], "precision": "fp16", "cores": 8},
                                      {"src": onnx_files["elastic"], "precision": "fp16", "cores": 32,
@@ -363,7 +363,7 @@ def gpu_bundle(model, tmp_path_factory):
 
     if not device_fingerprint()["gpu_name"]:
         pytest.skip("needs an NVIDIA GPU visible through cuda-python")
-    from veca_deploy.export.tensorrt_build import build_engines
+    from veca_deploy.convert.tensorrt_build import build_engines
 
     d = tmp_path_factory.mktemp("gpu")
     fixed = export_fp16(model, d / "fixed16.onnx")

@@ -20,7 +20,7 @@ _LAZY = {
     "export": "veca_deploy.export",
     "quantize": "veca_deploy.calibration.quantize",
     "evaluate": "veca_deploy.calibration.evaluate",
-    "train": "veca_deploy.train",
+    "train": "veca_deploy.model.train",
     "Bundle": "veca_deploy.bundle.reader",
     "Runtime": "veca_deploy.selector.runtime",
 }

@@ -61,3 +61,10 @@ class OutputExistsError(VecaError):
     """The output folder exists and --force was not given."""
 
     exit_code = 10
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name): what a one-line error quotes
+    from a library that raises many types with long messages."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

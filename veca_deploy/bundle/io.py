@@ -95,14 +95,21 @@ def swap_in(stage: Path, out: Path) -> None:
         os.rename(stage, out)
 
 
+def verify_file(root: Path, rel: str, digest: str, size: int, what: str) -> Path:
+    """The file ``rel`` inside ``root``, after checking it stays inside and has the recorded size
+    and sha256; ``what`` names its owner in the error."""
+    path = resolve_inside(root, rel)
+    if not path.is_file():
+        raise BundleError(f"{what}: missing file {rel}")
+    actual = path.stat().st_size
+    if actual != size:
+        raise BundleError(f"{what}: {rel} has {actual} bytes, manifest says {size} (truncated or replaced)")
+    if sha256_file(path) != digest:
+        raise BundleError(f"{what}: {rel} sha256 mismatch (tampered or corrupt)")
+    return path
+
+
 def verify_artifact(root: Path, art: Artifact) -> None:
     """Check that every file of ``art`` exists inside the bundle with the recorded size and hash."""
     for rel, digest, size in art.all_files():
-        path = resolve_inside(root, rel)
-        if not path.is_file():
-            raise BundleError(f"{art.id}: missing file {rel}")
-        actual = path.stat().st_size
-        if actual != size:
-            raise BundleError(f"{art.id}: {rel} has {actual} bytes, manifest says {size} (truncated or replaced)")
-        if sha256_file(path) != digest:
-            raise BundleError(f"{art.id}: {rel} sha256 mismatch (tampered or corrupt)")
+        verify_file(root, rel, digest, size, art.id)

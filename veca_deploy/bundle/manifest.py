@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
+from ..formats import FORMATS, PRECISIONS
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -97,6 +96,8 @@ class Manifest:
     tool: str = "veca-deploy"
     calibration: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: golden inputs/outputs (veca_deploy.compare.golden); optional, absent in older bundles
+    golden: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

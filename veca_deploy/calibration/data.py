@@ -118,14 +118,14 @@ def load_calibration(source: str | Path | np.ndarray, pre: Preprocess, size: tup
         raise QuantizationError(f"calibration count must be positive, got {requested}")
     if not force and requested < MIN_COUNT:
         raise QuantizationError(f"{requested} calibration images requested, fewer than the minimum {MIN_COUNT}: "
-                                "scales from so few images are unreliable (pass --force to accept, it is recorded)")
+                                "scales from so few images are unreliable (pass --allow-small-calib to accept, it is recorded)")
     x, kind, name, info = read_source(source, requested, seed, channels)
     n = len(x)
     if n == 0:
         raise QuantizationError(f"calibration source {name} is empty")
     if n < MIN_COUNT and not force:
         raise QuantizationError(f"calibration source {name} has only {n} images, fewer than the minimum {MIN_COUNT} "
-                                "(pass --force to quantize anyway; it is recorded in the manifest)")
+                                "(pass --allow-small-calib to quantize anyway; it is recorded in the manifest)")
     images = preprocess_raw(x, pre, size, name, channels)
     return CalibrationSet(images=images, source=name, kind=kind, seed=seed, requested=requested,
                           forced=n < MIN_COUNT, info=info)

@@ -20,8 +20,8 @@ import numpy as np
 from ..bundle.manifest import Artifact, Manifest
 from ..errors import QuantizationError, UsageError
 from ..preprocess import Preprocess
-from ..runtimes import FORMAT_BACKEND, backend_available, create_runner
-from ..runtimes.base import CORE_SELECT, IMAGES, core_select
+from ..compare.comparator import Target, run_outputs
+from ..runtimes import FORMAT_BACKEND, backend_available
 
 #: Largest top-1 drop (points) of an FP16/INT8 artifact vs FP32 at the same tier, and the
 #: smallest mean feature cosine for backbone-only bundles.
@@ -32,7 +32,6 @@ DEFAULT_DATA = "fashion-mnist"
 #: bundle); ``veca-deploy eval`` uses the whole set.
 DEFAULT_GATE_SAMPLES = 2000
 COSINE_GATE_SAMPLES = 256
-EVAL_BATCH = 250
 
 
 @dataclass
@@ -78,7 +77,7 @@ def load_eval_data(data: str | os.PathLike | np.ndarray, pre: Preprocess, limit:
     return EvalData(images={}, labels=None if labels is None else np.asarray(labels, np.int64), name=name, raw=raw)
 
 
-def _images(data: EvalData, pre: Preprocess, size: tuple[int, int]) -> np.ndarray:
+def images_at(data: EvalData, pre: Preprocess, size: tuple[int, int]) -> np.ndarray:
     from .data import preprocess_raw
 
     if size not in data.images:
@@ -90,24 +89,11 @@ def _images(data: EvalData, pre: Preprocess, size: tuple[int, int]) -> np.ndarra
 
 def run_artifact(root: Path, art: Artifact, x: np.ndarray, cores: int, backend: str | None = None,
                  options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """All outputs of ``art`` at ``cores`` on ``x``, batched (static-batch graphs are padded)."""
-    backend = backend or FORMAT_BACKEND[art.format]
-    opts = {"inference_precision": "f32"} if backend == "openvino" else {}
-    opts.update(options or {})
-    bs = art.batch if isinstance(art.batch, int) else EVAL_BATCH
-    outs: dict[str, list[np.ndarray]] = {}
-    with create_runner(backend, root / art.path, **opts) as r:
-        for i in range(0, len(x), bs):
-            xb = x[i:i + bs]
-            n = len(xb)
-            if isinstance(art.batch, int) and n < bs:
-                xb = np.concatenate([xb, np.repeat(xb[-1:], bs - n, axis=0)])
-            feed = {IMAGES: xb}
-            if art.elastic:
-                feed[CORE_SELECT] = core_select(cores)
-            for k, v in r.infer(feed).items():
-                outs.setdefault(k, []).append(np.asarray(v, np.float32)[:n])
-    return {k: np.concatenate(v) for k, v in outs.items()}
+    """All outputs of ``art`` at ``cores`` on ``x`` through the comparator's one run loop
+    (batches sized from the resolution, fixed-batch graphs padded, parity runner settings)."""
+    target = Target.of(root, art, options, backend)
+    with target.runner() as r:
+        return run_outputs(r, x, cores=cores if art.elastic else None, batch=art.batch)
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -130,9 +116,15 @@ def measure(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preproces
         backend = FORMAT_BACKEND[art.format]
         if not backend_available(backend):
             continue
-        x = _images(data, pre, art.size)
         per_tier: dict[str, float] = {}
         metric = "top1" if ("logits" in art.outputs and data.labels is not None) else "cosine"
+        if metric == "cosine" and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
+                                      for c in art.tiers):
+            # the graph every other artifact's features are compared with: nothing to measure
+            results[art.id] = {"dataset": data.name, "samples": 0, "backend": backend, "metric": "cosine",
+                               "reference": True}
+            continue
+        x = images_at(data, pre, art.size)
         for c in art.tiers:
             report(f"eval {art.id} c={c}", advance=0)
             out = run_artifact(root, art, x, c, backend)

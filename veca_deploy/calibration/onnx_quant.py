@@ -7,15 +7,16 @@ Gemm, Conv) are quantized, LayerNorm / Softmax / activations / residual Adds sta
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..bundle.io import sha256_file
-from ..errors import QuantizationError
+from ..convert.onnx_graph import read_metadata, set_metadata, update_metadata
+from ..errors import first_line, QuantizationError
 from ..runtimes.base import CORE_SELECT, IMAGES, core_select
 from . import cache
 from .data import CalibrationSet
@@ -30,22 +31,6 @@ def _onnx():
     return onnx
 
 
-def set_precision_metadata(path: Path, precision: str, extra: dict[str, str] | None = None) -> None:
-    """Keep the exporter's ``veca.*`` metadata and update ``veca.precision`` (ORT's tools drop or keep it)."""
-    onnx = _onnx()
-    m = onnx.load(str(path))
-    props = {p.key: p.value for p in m.metadata_props}
-    props.update({"veca.precision": precision, **(extra or {})})
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    onnx.save(m, str(path))
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in _onnx().load(str(path)).metadata_props}
-
-
 def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRecipe, *,
                        tiers: list[int] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
     """Write an INT8 QDQ graph of ``src`` to ``dst``. ``tiers`` (elastic graphs) cycles the core
@@ -57,7 +42,7 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
     # absolute before the chdir below: relative paths (e.g. `export --out bundles/x`) would
     # otherwise resolve inside the temporary working directory
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    meta = _metadata(src)
+    meta = read_metadata(src)
     t0 = time.perf_counter()
     key = cache.entry_key(cal.digest, sha256_file(src), ",".join(map(str, tiers or [])) or "static",
                           {**recipe.to_dict(), "ort": ort_version})
@@ -74,9 +59,9 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
         pre = Path(tmp) / "pre.onnx"
         root_level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs warnings per tensor
+        cwd = os.getcwd()
         try:
-            cwd = contextlib.chdir(tmp)  # quant_pre_process drops temp files into the working directory
-            cwd.__enter__()
+            os.chdir(tmp)  # quant_pre_process drops temp files into the working directory
             try:
                 quant_pre_process(str(src), str(pre))
             except Exception as e:  # symbolic shape inference can fail on exotic graphs: skip it
@@ -91,12 +76,12 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
         except QuantizationError:
             raise
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise QuantizationError(f"{src.name}: ONNX Runtime quantization failed ({msg[:300]})") from None
+            msg = first_line(e)
+            raise QuantizationError(f"{src.name}: ONNX Runtime quantization failed ({msg})") from None
         finally:
-            cwd.__exit__(None, None, None)
+            os.chdir(cwd)
             logging.getLogger().setLevel(root_level)
-    set_precision_metadata(dst, "int8", {k: v for k, v in meta.items() if k.startswith("veca.")} | {
+    update_metadata(dst, {k: v for k, v in meta.items() if k.startswith("veca.")} | {
         "veca.precision": "int8", "veca.quantization": recipe.variant})
     m = onnx.load(str(dst))
     q = sum(n.op_type == "QuantizeLinear" for n in m.graph.node)
@@ -117,11 +102,7 @@ def convert_onnx_fp16(src: Path, dst: Path, recipe: Fp16Recipe) -> dict[str, Any
         m16 = convert_float_to_float16(m, keep_io_types=recipe.keep_io_types, op_block_list=block)
     except Exception as e:
         raise QuantizationError(f"{src.name}: FP16 conversion failed ({type(e).__name__}: {str(e)[:200]})") from None
-    props = {p.key: p.value for p in m16.metadata_props}
-    props["veca.precision"] = "fp16"
-    del m16.metadata_props[:]
-    for k, v in props.items():
-        m16.metadata_props.add(key=k, value=v)
+    set_metadata(m16, {"veca.precision": "fp16"})
     onnx.save(m16, str(dst))
     kept = sorted({n.op_type for n in m16.graph.node if n.op_type in recipe.keep_fp32})
     return {"kept_fp32_ops_present": kept, "fp16_initializers":
@@ -130,7 +111,7 @@ def convert_onnx_fp16(src: Path, dst: Path, recipe: Fp16Recipe) -> dict[str, Any
 
 def tensorrt_check(path: Path) -> dict[str, Any]:
     """Static TensorRT-readiness of a graph (signed INT8, zero point 0, float biases, ops)."""
-    from ..export.trt_check import check_onnx_for_tensorrt
+    from ..convert.trt_check import check_onnx_for_tensorrt
 
     rep = check_onnx_for_tensorrt(path)
     return {"ok": rep.ok, "problems": rep.problems[:5], "target": rep.target}

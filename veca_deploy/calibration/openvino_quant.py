@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.io import sha256_file
-from ..errors import QuantizationError
+from ..errors import first_line, QuantizationError
 from . import cache
 from .data import CalibrationSet
 from .recipe import NncfRecipe
@@ -55,8 +55,8 @@ def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, re
                                    fast_bias_correction=recipe.fast_bias_correction,
                                    advanced_parameters=adv, **kwargs)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise QuantizationError(f"{src_xml.name}: NNCF quantization failed ({msg[:300]})") from None
+            msg = first_line(e)
+            raise QuantizationError(f"{src_xml.name}: NNCF quantization failed ({msg})") from None
         tmp = cache.new_tmp("openvino", cache_dir)
         ov.save_model(qmodel, str(tmp / "model.xml"), compress_to_fp16=False)
         cache.publish(tmp, entry)

@@ -9,62 +9,95 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..bundle.io import file_entry, staged_update, write_manifest
+from ..bundle.io import file_entry, staged_update, verify_artifact, write_manifest
 from ..bundle.manifest import Artifact, Manifest, artifact_id, read_manifest
+from ..compare.checks import BundleReferences, failures_of, parity_record
+from ..compare.comparator import Comparator
 from ..data import fashion_mnist_available
 from ..errors import QuantizationError, UsageError
-from ..export.parity import ParityReport, compare, parity_inputs
+from ..formats import EXPORT_FORMATS, EXPORT_PRECISIONS
 from ..preprocess import Preprocess
-from ..runtimes import create_runner
-from ..runtimes.base import CORE_SELECT, IMAGES, core_select
 from .data import CalibrationSet, load_calibration
 from .evaluate import COSINE_GATE_SAMPLES, DEFAULT_DATA, DEFAULT_GATE_SAMPLES, gate, load_eval_data, measure, references
 from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
-FORMATS = ("onnx", "openvino")
+#: formats whose FP32 artifacts FP16/INT8 are derived from
+FORMATS = tuple(f for f in EXPORT_FORMATS if "int8" in EXPORT_PRECISIONS.get(f, ()))
 
 
-def add_precisions(stage: Path, manifest: Manifest, *, model: Any = None, precisions: Sequence[str] = ("int8",),
-                   formats: Sequence[str] | None = None, calib: str | os.PathLike | np.ndarray | None = None,
-                   progress: Progress | None = None, force: bool = False, allow_drop: float | None = None,
-                   recipe: OrtRecipe | None = None, method: str | None = None, int8_scheme: str | None = None,
-                   nncf_recipe: NncfRecipe | None = None,
-                   fp16_recipe: Fp16Recipe | None = None, count: int | None = None, num_samples: int | None = None,
-                   seed: int = 0,
-                   tiers: Sequence[int] | None = None, eval_data: str | os.PathLike | np.ndarray | None = DEFAULT_DATA,
-                   eval_limit: int | None = DEFAULT_GATE_SAMPLES, cache_dir: str | None = None) -> list[Artifact]:
+@dataclass
+class QuantizePlan:
+    """What :func:`add_precisions` adds and how: one object instead of a long keyword list.
+
+    ``allow_small`` accepts fewer than 300 calibration images (recorded in the manifest);
+    ``eval_data=None`` skips the accuracy gate (recorded)."""
+
+    precisions: tuple[str, ...] = ("int8",)
+    formats: tuple[str, ...] = FORMATS
+    calib: str | os.PathLike | np.ndarray | None = None
+    count: int | None = None
+    seed: int = 0
+    allow_small: bool = False
+    recipe: OrtRecipe = field(default_factory=OrtRecipe)
+    nncf_recipe: NncfRecipe = field(default_factory=NncfRecipe)
+    fp16_recipe: Fp16Recipe = field(default_factory=Fp16Recipe)
+    tiers: tuple[int, ...] | None = None
+    eval_data: str | os.PathLike | np.ndarray | None = DEFAULT_DATA
+    eval_limit: int | None = DEFAULT_GATE_SAMPLES
+    allow_drop: float | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_options(cls, *, precisions: Sequence[str] = ("int8",), formats: Sequence[str] | None = None,
+                     calib: Any = None, count: int | None = None, seed: int = 0, allow_small: bool = False,
+                     recipe: OrtRecipe | None = None, method: str | None = None, int8_scheme: str | None = None,
+                     nncf_recipe: NncfRecipe | None = None, fp16_recipe: Fp16Recipe | None = None,
+                     tiers: Sequence[int] | None = None, eval_data: Any = DEFAULT_DATA,
+                     eval_limit: int | None = DEFAULT_GATE_SAMPLES, allow_drop: float | None = None,
+                     cache_dir: str | None = None) -> "QuantizePlan":
+        """Build and check a plan from the API's keyword options (``method``/``int8_scheme``
+        are applied to the ONNX Runtime recipe)."""
+        precs = tuple(dict.fromkeys(precisions))
+        bad = [p for p in precs if p not in ("fp16", "int8")]
+        if bad:
+            raise UsageError(f"quantization adds fp16/int8, not {', '.join(bad)}")
+        fmts = tuple(dict.fromkeys(formats or FORMATS))
+        for f in fmts:
+            if f not in FORMATS:
+                raise UsageError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
+        if "int8" in precs and calib is None:
+            raise UsageError("int8 needs calibration data: pass --calib SRC (a folder, .npy/.npz or 'fashion-mnist')")
+        if allow_drop is not None and (not np.isfinite(allow_drop) or allow_drop < 0):
+            raise UsageError(f"--allow-drop must be a non-negative number of points, got {allow_drop}")
+        return cls(precisions=precs, formats=fmts, calib=calib, count=count, seed=seed, allow_small=allow_small,
+                   recipe=ort_recipe(method, int8_scheme, base=recipe), nncf_recipe=nncf_recipe or NncfRecipe(),
+                   fp16_recipe=fp16_recipe or Fp16Recipe(), tiers=tuple(tiers) if tiers else None,
+                   eval_data=eval_data, eval_limit=eval_limit, allow_drop=allow_drop, cache_dir=cache_dir)
+
+
+def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
+                   progress: Progress | None = None) -> list[Artifact]:
     """Add FP16 (ONNX) and INT8 (ONNX QDQ, OpenVINO NNCF) artifacts next to every FP32 one in
-    ``stage`` and register them in ``manifest`` (caller writes it). ``model`` is accepted for
-    the exporter's call but unused: everything is derived from the FP32 graphs.
+    ``stage`` and register them in ``manifest`` (the caller writes it). Everything is derived
+    from the FP32 graphs, so no torch is needed.
 
     Raises :class:`QuantizationError` (nothing added) when calibration data is refused, when a
-    new artifact fails its parity gate, or when its top-1 falls more than 1.0 point (or
-    ``allow_drop``) below FP32 at the same tier on ``eval_data`` (set None to skip: recorded).
+    new artifact fails its parity gate (against the bundle's golden outputs, or its FP32 source
+    in the same runtime for older bundles), or when its top-1 falls more than 1.0 point (or
+    ``allow_drop``) below FP32 at the same tier on ``eval_data``.
     """
-    del model
-    count = count if count is not None else num_samples  # the export command's name for it
     stage = Path(stage)
     report = progress or (lambda *a, **k: None)
-    precisions = list(dict.fromkeys(precisions))
-    bad = [p for p in precisions if p not in ("fp16", "int8")]
-    if bad:
-        raise UsageError(f"add_precisions adds fp16/int8, not {', '.join(bad)}")
-    formats = list(dict.fromkeys(formats or FORMATS))
-    for f in formats:
-        if f not in FORMATS:
-            raise UsageError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
-    if "int8" in precisions and calib is None:
-        raise UsageError("int8 needs calibration data: pass --calib SRC (a folder, .npy/.npz or 'fashion-mnist')")
-    if allow_drop is not None and (not np.isfinite(allow_drop) or allow_drop < 0):
-        raise UsageError(f"--allow-drop must be a non-negative number of points, got {allow_drop}")
-    ort_r = ort_recipe(method, int8_scheme, base=recipe)
-    nncf_r, fp16_r = nncf_recipe or NncfRecipe(), fp16_recipe or Fp16Recipe()
+    precisions, formats, tiers = list(plan.precisions), list(plan.formats), plan.tiers
+    allow_drop, eval_data, eval_limit = plan.allow_drop, plan.eval_data, plan.eval_limit
+    ort_r, nncf_r, fp16_r = plan.recipe, plan.nncf_recipe, plan.fp16_recipe
     pre = Preprocess.from_dict(manifest.preprocess)
     channels = int(manifest.model.get("config", {}).get("in_channels", 3))
 
@@ -83,16 +116,18 @@ def add_precisions(stage: Path, manifest: Manifest, *, model: Any = None, precis
     cals: dict[tuple[int, int], CalibrationSet] = {}
     if "int8" in precisions:
         for size in sorted({a.size for a, p in jobs if p == "int8"}):
-            cals[size] = load_calibration(calib, pre, size, count=count, seed=seed, force=force, channels=channels)
+            cals[size] = load_calibration(plan.calib, pre, size, count=plan.count, seed=plan.seed,
+                                          force=plan.allow_small, channels=channels)
 
     added: list[Artifact] = []
     failures: list[str] = []
-    for src, prec in jobs:
-        report(f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}",
-               advance=0)
-        art = _derive(stage, manifest, src, prec, cals.get(src.size), ort_r, nncf_r, fp16_r, pre, failures,
-                      cache_dir)
-        added.append(art)
+    with Comparator() as comp:
+        refs = BundleReferences(stage, manifest, comp)
+        for src, prec in jobs:
+            report(f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}",
+                   advance=0)
+            art = _derive(stage, src, prec, cals.get(src.size), plan, refs, failures)
+            added.append(art)
     if failures:
         raise QuantizationError("parity gate failed, nothing added: " + "; ".join(failures[:6])
                                 + (f" (+{len(failures) - 6} more)" if len(failures) > 6 else ""))
@@ -141,9 +176,8 @@ def add_precisions(stage: Path, manifest: Manifest, *, model: Any = None, precis
     return added
 
 
-def _derive(stage: Path, manifest: Manifest, src: Artifact, prec: str, cal: CalibrationSet | None,
-            ort_r: OrtRecipe, nncf_r: NncfRecipe, fp16_r: Fp16Recipe, pre: Preprocess, failures: list[str],
-            cache_dir: str | None) -> Artifact:
+def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, plan: QuantizePlan,
+            refs: BundleReferences, failures: list[str]) -> Artifact:
     from .onnx_quant import convert_onnx_fp16, quantize_onnx_int8, tensorrt_check
 
     src_path = stage / src.path
@@ -152,36 +186,26 @@ def _derive(stage: Path, manifest: Manifest, src: Artifact, prec: str, cal: Cali
     if src.format == "onnx":
         rel = src.path[: -len(".onnx")] + f".{prec}.onnx"
         if prec == "fp16":
-            details.update(recipe=fp16_r.to_dict(), conversion=convert_onnx_fp16(src_path, stage / rel, fp16_r))
+            details.update(recipe=plan.fp16_recipe.to_dict(),
+                           conversion=convert_onnx_fp16(src_path, stage / rel, plan.fp16_recipe))
         else:
             assert cal is not None
-            info = quantize_onnx_int8(src_path, stage / rel, cal, ort_r, tiers=src.tiers if src.elastic else None,
-                                      cache_dir=cache_dir)
-            details.update(recipe=ort_r.to_dict(), quantization=info, calibration_sha256=cal.digest)
+            info = quantize_onnx_int8(src_path, stage / rel, cal, plan.recipe,
+                                      tiers=src.tiers if src.elastic else None, cache_dir=plan.cache_dir)
+            details.update(recipe=plan.recipe.to_dict(), quantization=info, calibration_sha256=cal.digest)
         trt = tensorrt_check(stage / rel)
         details["tensorrt_check"] = trt
-        if prec == "int8" and ort_r.symmetric and not trt["ok"]:
+        if prec == "int8" and plan.recipe.symmetric and not trt["ok"]:
             failures.append(f"{rel}: S8S8 graph fails the TensorRT check ({trt['problems'][0]})")
-        backend = "onnxruntime"
     else:
         from .openvino_quant import quantize_openvino_int8
 
         assert cal is not None
-        name = Path(src.path).name
-        rel = f"openvino/int8/{name}"
-        info = quantize_openvino_int8(src_path, stage / rel, cal, nncf_r, cache_dir=cache_dir)
-        details.update(recipe=nncf_r.to_dict(), quantization=info, calibration_sha256=cal.digest,
+        rel = f"openvino/int8/{Path(src.path).name}"
+        info = quantize_openvino_int8(src_path, stage / rel, cal, plan.nncf_recipe, cache_dir=plan.cache_dir)
+        details.update(recipe=plan.nncf_recipe.to_dict(), quantization=info, calibration_sha256=cal.digest,
                        parity_inference_precision="f32")
         files = [file_entry(stage, rel[: -len(".xml")] + ".bin")]
-        backend = "openvino"
-    # parity: the new artifact vs its own FP32 source, in the same runtime, on real images
-    x = parity_inputs(pre, src.height, src.width)
-    pars = {}
-    for c in src.tiers:
-        ref = _run(src_path, backend, x, c if src.elastic else None)
-        got = _run(stage / rel, backend, x, c if src.elastic else None)
-        pars[c] = compare(ref, got, artifact=rel, precision=prec, cores=c)
-        failures += [f"{rel} (c={c}) {f}" for f in pars[c].failures]
     fe = file_entry(stage, rel)
     art = Artifact(format=src.format, precision=prec, cores=src.cores, height=src.height, width=src.width, path=rel,
                    sha256=fe.sha256, bytes=fe.bytes, id=artifact_id(src.format, prec, src.cores, src.height,
@@ -189,41 +213,35 @@ def _derive(stage: Path, manifest: Manifest, src: Artifact, prec: str, cal: Cali
                    batch=src.batch, elastic=src.elastic, tiers=list(src.tiers), files=files,
                    inputs=dict(src.inputs), outputs=list(src.outputs), flops=src.flops, params=src.params,
                    details=details)
-    art.parity = ({str(c): p.to_dict() for c, p in pars.items()} if src.elastic
-                  else next(iter(pars.values())).to_dict())
+    # parity on real images: against the golden PyTorch outputs (or the FP32 source in the same runtime)
+    reports = refs.check(art)
+    failures += failures_of(reports)
+    art.parity = parity_record(reports, art.elastic)
     return art
 
 
-def _run(path: Path, backend: str, x: np.ndarray, elastic_c: int | None) -> dict[str, np.ndarray]:
-    opts = {"inference_precision": "f32"} if backend == "openvino" else {}
-    with create_runner(backend, path, **opts) as r:
-        feed = {IMAGES: x}
-        if elastic_c is not None:
-            feed[CORE_SELECT] = core_select(elastic_c)
-        return r.infer(feed)
-
-
 def quantize(bundle_dir: str | os.PathLike, precisions: Sequence[str] = ("int8",), calib: str | os.PathLike |
-             np.ndarray | None = None, formats: Sequence[str] | None = None, force: bool = False,
-             allow_drop: float | None = None, progress: Progress | None = None, **options: Any) -> Manifest:
+             np.ndarray | None = None, formats: Sequence[str] | None = None, allow_small: bool = False,
+             allow_drop: float | None = None, progress: Progress | None = None, force: bool = False,
+             **options: Any) -> Manifest:
     """Add FP16/INT8 artifacts to an existing bundle atomically (the bundle is untouched on any
-    failure). ``options`` go to :func:`add_precisions` (method, count, seed, tiers, eval_limit, ...)."""
+    failure). ``options`` are :meth:`QuantizePlan.from_options` keywords (method, int8_scheme,
+    count, seed, tiers, eval_data, eval_limit, ...). ``force`` is the old name of ``allow_small``."""
     root = Path(bundle_dir)
     read_manifest(root)  # a clear BundleError before copying anything
     precisions = [p for p in dict.fromkeys(precisions) if p != "fp32"]
     if not precisions:
         raise UsageError("nothing to add: --precision must include fp16 and/or int8")
+    plan = QuantizePlan.from_options(precisions=precisions, formats=formats, calib=calib,
+                                     allow_small=allow_small or force, allow_drop=allow_drop, **options)
     with staged_update(root) as stage:
         manifest = read_manifest(stage)
-        from ..bundle.io import verify_artifact
-
         for a in manifest.artifacts:
             if a.precision == "fp32":
                 verify_artifact(stage, a)
-        add_precisions(stage, manifest, precisions=precisions, formats=formats, calib=calib, progress=progress,
-                       force=force, allow_drop=allow_drop, **options)
+        add_precisions(stage, manifest, plan, progress)
         write_manifest(stage, manifest)
     return manifest
 
 
-__all__ = ["add_precisions", "quantize", "ParityReport"]
+__all__ = ["QuantizePlan", "add_precisions", "quantize"]

@@ -22,7 +22,7 @@ from ..runtimes import create_runner
 from ..runtimes.base import IMAGES
 from ..runtimes.fingerprint import cpu_info
 from .data import load_calibration
-from .evaluate import _images, load_eval_data, run_artifact
+from .evaluate import images_at, load_eval_data, run_artifact
 from .recipe import NncfRecipe, OrtRecipe
 
 
@@ -64,7 +64,7 @@ def study(bundle_dir: str | Path, tier: int = 8, limit: int | None = None, round
     pre = b.preprocess
     size = b.manifest.artifacts[0].size
     ev = load_eval_data("fashion-mnist", pre, limit)
-    x = _images(ev, pre, size)
+    x = images_at(ev, pre, size)
     cal = load_calibration("fashion-mnist", pre, size)
     fp32 = next(a for a in b.manifest.find(fmt="onnx", precision="fp32", cores=tier) if not a.elastic)
     ov32 = next(iter(b.manifest.find(fmt="openvino", precision="fp32", cores=tier)), None)

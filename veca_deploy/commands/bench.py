@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 
 from ..errors import BundleError, UsageError
+from ..formats import PRECISIONS
 from .common import console, out, parse_int_list, parse_list, progress_reporter
 
 
@@ -61,8 +62,8 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     tier_list = parse_int_list(tiers, "--tiers")
     prec_list = parse_list(precisions)
     for p in prec_list or []:
-        if p not in ("fp32", "fp16", "int8"):
-            raise UsageError(f"unknown precision {p!r}; choose from fp32, fp16, int8")
+        if p not in PRECISIONS:
+            raise UsageError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
     backends = resolve_backends(backend, b)
     cands = candidates(b, backends, tier_list, prec_list)
     if not cands:

@@ -24,10 +24,11 @@ from .common import console, int8_scheme_option, parse_int_list, parse_list, par
 @click.option("--elastic", is_flag=True, help="Also write one elastic ONNX serving every tier.")
 @click.option("--random-weights", is_flag=True, help="Export a registry model with random weights (latency work).")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder / accept a small calibration set.")
+@click.option("--allow-small-calib", is_flag=True, help="Accept fewer than 300 calibration images (recorded).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, allow_drop, batch, opset, exporter,
-            simplifier, elastic, random_weights, out, force, quiet):
+            simplifier, elastic, random_weights, out, allow_small_calib, force, quiet):
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
     from ..errors import UsageError
@@ -38,9 +39,9 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             batch = int(batch)
         except ValueError:
             raise UsageError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
-    calib_options = {"force": force, "int8_scheme": int8_scheme}
+    calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme}
     if calib_size is not None:
-        calib_options["num_samples"] = calib_size
+        calib_options["count"] = calib_size
     if allow_drop is not None:
         calib_options["allow_drop"] = allow_drop
     with progress_reporter(not quiet) as report:

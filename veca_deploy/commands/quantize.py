@@ -23,10 +23,11 @@ from .common import int8_scheme_option, out, parse_int_list, parse_list, progres
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Held-out data for the accuracy gate.")
 @click.option("--eval-limit", type=int, default=2000, show_default=True, help="Images the accuracy gate uses.")
 @click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
-@click.option("--force", is_flag=True, help="Accept fewer than 300 calibration images (recorded in the manifest).")
+@click.option("--allow-small-calib", "--force", "allow_small", is_flag=True,
+              help="Accept fewer than 300 calibration images (recorded in the manifest); --force is the old name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, formats, tiers, eval_data, eval_limit, allow_drop,
-            force, quiet) -> None:
+            allow_small, quiet) -> None:
     """Add INT8 (ONNX QDQ + OpenVINO NNCF) and/or FP16 ONNX artifacts to BUNDLE_DIR, gated on parity and accuracy."""
     from rich.table import Table
 
@@ -34,7 +35,7 @@ def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, for
 
     precs = parse_list(precisions) or ["int8"]
     with progress_reporter(not quiet) as rep:
-        m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), force=force,
+        m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), allow_small=allow_small,
                      allow_drop=allow_drop, progress=rep, method=method, int8_scheme=int8_scheme, count=count, seed=seed,
                      tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit)
     t = Table(title=f"quantized artifacts in {bundle_dir}")

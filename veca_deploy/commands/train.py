@@ -30,7 +30,7 @@ def command(model, epochs, batch_size, lr, seed, threads, train_limit, eval_limi
     from pathlib import Path
 
     from ..errors import OutputExistsError
-    from ..train import TrainConfig, train_reference
+    from ..model.train import TrainConfig, train_reference
 
     if Path(out).exists() and not force:
         raise OutputExistsError(f"{out} exists (pass --force to replace it)")

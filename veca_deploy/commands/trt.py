@@ -29,7 +29,7 @@ from .common import console, out, parse_int_list, parse_list, progress_reporter
 def build_trt(bundle_dir: str, tiers: str | None, precision: str, workspace_mb: int | None, no_elastic: bool,
               max_batch: int, no_timing_cache: bool, quiet: bool) -> None:
     """Build TensorRT engines (strongly typed plans) from the bundle's ONNX graphs, on this device."""
-    from ..export.tensorrt_build import build_engines
+    from ..convert.tensorrt_build import build_engines
 
     with progress_reporter(not quiet) as rep:
         arts = build_engines(bundle_dir, tiers=parse_int_list(tiers, "--tiers"),
@@ -52,7 +52,7 @@ def build_trt(bundle_dir: str, tiers: str | None, precision: str, workspace_mb: 
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def check_trt(bundle_dir: str, trt_version: str | None, as_json: bool) -> None:
     """Check that every ONNX graph of a bundle would build with TensorRT (no TensorRT needed)."""
-    from ..export.trt_check import DEFAULT_TRT_VERSION, check_bundle_for_tensorrt
+    from ..convert.trt_check import DEFAULT_TRT_VERSION, check_bundle_for_tensorrt
 
     results = check_bundle_for_tensorrt(bundle_dir, trt_version or DEFAULT_TRT_VERSION)
     if as_json:

@@ -14,7 +14,7 @@ def command(bundle, backends):
     """Verify BUNDLE: hashes and sizes, load each artifact, run it on a real image. Exit 0 only if all pass."""
     from rich.table import Table
 
-    from ..bundle.validate import validate_bundle
+    from ..compare.validate import validate_bundle
     from ..errors import BundleError
 
     results = validate_bundle(bundle, backends=list(backends) or None)

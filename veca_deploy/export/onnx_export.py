@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExportError
+from ..convert.onnx_graph import update_metadata
+from ..errors import ExportError, first_line
 from ..runtimes.base import CORE_SELECT, IMAGES
 
 DEFAULT_OPSET = 17
@@ -35,7 +36,7 @@ class TierModule(nn.Module):
     def forward(self, images: Tensor):
         lead = None if self.model.cfg.attention == "full" else self.cores
         x, lead = self.model.forward_tokens(images, lead)
-        return self.model._outputs(x, lead)
+        return self.model.outputs_from_tokens(x, lead)
 
 
 class ElasticModule(nn.Module):
@@ -48,7 +49,7 @@ class ElasticModule(nn.Module):
     def forward(self, images: Tensor, core_select: Tensor):
         cores = core_select.shape[0]
         x, lead = self.model.forward_tokens(images, cores)
-        return self.model._outputs(x, lead)
+        return self.model.outputs_from_tokens(x, lead)
 
 
 def output_names(model: nn.Module) -> list[str]:
@@ -83,14 +84,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
     except ExportError:
         raise
     except Exception as e:  # the exporters raise many types; name the step and the first line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"ONNX export failed for {path.name}: {msg[:300]}") from e
-    import onnx
-
-    m = onnx.load(str(path))
+        msg = first_line(e)
+        raise ExportError(f"ONNX export failed for {path.name}: {msg}") from e
     if metadata:
-        set_metadata(m, metadata)
-        onnx.save(m, str(path))
+        update_metadata(path, metadata)
     return path
 
 
@@ -124,65 +121,3 @@ def _export_dynamo(module, args, path, in_names, outs, batch, elastic_tiers, ops
                                  dynamic_shapes=shapes, opset_version=max(opset, 18), dynamo=True,
                                  external_data=False, optimize=True, verify=False)
         prog.save(str(path), external_data=False)
-
-
-def set_metadata(model_proto, metadata: dict[str, str]) -> None:
-    """Write tier metadata into ``metadata_props`` (replacing keys already there)."""
-    keep = [p for p in model_proto.metadata_props if p.key not in metadata]
-    del model_proto.metadata_props[:]
-    model_proto.metadata_props.extend(keep)
-    for k, v in metadata.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = str(k), str(v)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
-
-
-def simplify_onnx(path: str | os.PathLike, tool: str = "onnxslim") -> dict[str, Any]:
-    """Simplify in place with onnxslim (default) or onnxsim; returns node counts before/after."""
-    import onnx
-
-    path = Path(path)
-    m = onnx.load(str(path))
-    before = len(m.graph.node)
-    meta = {p.key: p.value for p in m.metadata_props}
-    try:
-        if tool == "onnxslim":
-            import onnxslim
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                out = onnxslim.slim(m)
-        elif tool == "onnxsim":
-            import onnxsim
-
-            out, ok = onnxsim.simplify(m)
-            if not ok:
-                raise ExportError(f"onnxsim could not validate the simplified {path.name}")
-        elif tool == "none":
-            return {"tool": "none", "nodes_before": before, "nodes_after": before}
-        else:
-            raise ExportError(f"unknown simplifier {tool!r} (onnxslim, onnxsim or none)")
-    except ExportError:
-        raise
-    except Exception as e:
-        raise ExportError(f"simplifying {path.name} with {tool} failed: {str(e).splitlines()[0][:300]}") from e
-    set_metadata(out, meta)
-    tmp = path.with_suffix(".tmp.onnx")
-    onnx.save(out, str(tmp))
-    os.replace(tmp, path)
-    return {"tool": tool, "nodes_before": before, "nodes_after": len(out.graph.node)}
-
-
-def op_histogram(path: str | os.PathLike) -> dict[str, int]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    hist: dict[str, int] = {}
-    for n in m.graph.node:
-        hist[n.op_type] = hist.get(n.op_type, 0) + 1
-    return dict(sorted(hist.items()))

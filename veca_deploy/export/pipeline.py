@@ -1,5 +1,11 @@
-"""``veca_deploy.export``: model -> parity-checked bundle (ONNX per tier, elastic ONNX, OpenVINO IR).
+"""``veca_deploy.export``: the orchestrator on top of both sides. Model -> plan -> one builder
+per artifact kind -> parity-checked bundle.
 
+1. golden data: a few real images per input size and the PyTorch FP32 outputs per tier, stored
+   in the bundle (:mod:`veca_deploy.compare.golden`) and used as the reference of every gate;
+2. FP32 ONNX per tier (traced, checked, simplified, checked again), OpenVINO IR FP32/FP16
+   converted from it, the elastic ONNX graph (checked at every tier);
+3. FP16/INT8 artifacts through :func:`veca_deploy.calibration.quantize.add_precisions`.
 Everything is written into a staging folder and renamed into place at the end, so a failed
 gate or an interruption never leaves a bundle that claims to pass.
 """
@@ -12,22 +18,25 @@ from importlib import metadata as _md
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from ..bundle.io import file_entry, staged_bundle, write_manifest
 from ..bundle.manifest import Artifact, Manifest, artifact_id
-from ..data import FASHION_MNIST_CLASSES
+from ..calibration.quantize import QuantizePlan, add_precisions
+from ..compare.checks import BundleReferences, failures_of, parity_record
+from ..compare.comparator import Comparator
+from ..compare.golden import GoldenWriter
+from ..convert.onnx_graph import simplify_onnx
+from ..convert.openvino_ir import export_openvino
 from ..errors import ExportError, UsageError
+from ..formats import EXPORT_FORMATS, parity_options
 from ..model.flops import forward_flops
 from ..preprocess import Preprocess
-from ..runtimes import create_runner
-from ..runtimes.base import CORE_SELECT, IMAGES, core_select
-from .onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSET, export_onnx, output_names, simplify_onnx
-from .parity import ParityReport, compare, parity_inputs, torch_reference
+from ..runtimes.base import CORE_SELECT, IMAGES
+from .onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSET, export_onnx, output_names
+from .plan import ExportPlan, check_options
+from .reference import torch_reference
+from .source import default_tiers, resolve_source
 
 Progress = Callable[..., None]
-FORMATS = ("onnx", "openvino")
-BUILTIN = "builtin:veca_tiny"
 
 
 def package_versions() -> dict[str, str]:
@@ -40,62 +49,8 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def resolve_source(source: str | None, random_weights: bool = False):
-    """A model and its provenance from: None (built-in reference), a registry name, or a path."""
-    from ..model.checkpoint import load_checkpoint, load_reference_model
-    from ..model.registry import DEFAULT_MODEL, create_model, list_models
-
-    if source in (None, "", BUILTIN, "builtin", DEFAULT_MODEL) and not random_weights:
-        model = load_reference_model()
-        info = {"name": DEFAULT_MODEL, "source": BUILTIN, "source_sha256": model.source_sha256,
-                "random_weights": False, "class_names": list(FASHION_MNIST_CLASSES)}
-        from ..model.checkpoint import reference_card
-
-        info["card_top1"] = reference_card().get("test_top1", {})
-        return model, info
-    if source in list_models():
-        if not random_weights:
-            raise UsageError(f"{source} is a registry name without weights: pass --random-weights to export "
-                             "random weights (latency work only) or give a checkpoint path")
-        import torch
-
-        torch.manual_seed(0)
-        model = create_model(source).eval()
-        return model, {"name": source, "source": f"registry:{source}", "source_sha256": None,
-                       "random_weights": True}
-    if source is None:
-        raise UsageError("--random-weights needs a registry name as SOURCE")
-    path = Path(source)
-    if not path.exists():
-        raise UsageError(f"SOURCE {source!r} is neither a registry name ({', '.join(list_models())}) "
-                         "nor an existing checkpoint path")
-    model = load_checkpoint(path)
-    return model, {"name": f"veca_{model.cfg.model_family}" if model.cfg.attention == "core" else "vit",
-                   "source": str(path), "source_sha256": model.source_sha256, "random_weights": False}
-
-
-def default_tiers(cfg) -> list[int]:
-    """All tiers when there are at most four, else doubling from the chunk size up to the bank."""
-    tiers = cfg.core_tiers
-    if len(tiers) <= 4:
-        return tiers
-    out, c = [], cfg.nested_chunk_size
-    while c < cfg.num_query_tokens:
-        out.append(c)
-        c *= 2
-    return out + [cfg.num_query_tokens]
-
-
-def _meta(info: dict, cores: int, h: int, w: int, precision: str, elastic: bool, tiers: list[int],
-          outputs: list[str]) -> dict[str, str]:
-    return {"veca.model": info["name"], "veca.cores": str(cores), "veca.height": str(h), "veca.width": str(w),
-            "veca.precision": precision, "veca.elastic": "1" if elastic else "0",
-            "veca.tiers": ",".join(map(str, tiers)), "veca.outputs": ",".join(outputs),
-            "veca.core_select": CORE_SELECT if elastic else ""}
-
-
 def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] | None = None,
-           image_sizes: Sequence[tuple[int, int]] | None = None, formats: Sequence[str] = FORMATS,
+           image_sizes: Sequence[tuple[int, int]] | None = None, formats: Sequence[str] = EXPORT_FORMATS,
            precisions: Sequence[str] = ("fp32", "fp16"), batch: int | str = "dynamic",
            opset: int = DEFAULT_OPSET, exporter: str = DEFAULT_EXPORTER, simplifier: str = "onnxslim",
            elastic: bool = False, force: bool = False, random_weights: bool = False,
@@ -103,27 +58,12 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
            progress: Progress | None = None) -> Manifest:
     """Export a model into a bundle folder ``out`` and return its manifest.
 
-    FP32 ONNX and OpenVINO IR come from here; FP16 ONNX and INT8 artifacts are added by
-    :mod:`veca_deploy.calibration` when ``precisions`` asks for them. Every artifact passes its
+    ``force`` replaces an existing ``out``. ``calib_options`` are
+    :meth:`~veca_deploy.calibration.quantize.QuantizePlan.from_options` keywords (count, seed,
+    method, int8_scheme, allow_small, allow_drop, eval_limit, ...). Every artifact passes its
     parity gate in its own runtime or the export fails with a report and writes nothing.
     """
-    formats = list(dict.fromkeys(formats))
-    precisions = list(dict.fromkeys(precisions))
-    for f in formats:
-        if f not in FORMATS:
-            raise UsageError(f"unknown format {f!r}; choose from {', '.join(FORMATS)} (TensorRT: veca-deploy build-trt)")
-    for p in precisions:
-        if p not in ("fp32", "fp16", "int8"):
-            raise UsageError(f"unknown precision {p!r}; choose from fp32, fp16, int8")
-    if "fp32" not in precisions:
-        precisions.insert(0, "fp32")  # every bundle keeps its FP32 reference graphs
-    if "int8" in precisions and not calib:
-        raise UsageError("int8 needs calibration data: pass --calib SRC (a folder, .npy/.npz or 'fashion-mnist')")
-    if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
-        raise UsageError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
-    if exporter == "torchscript" and not 13 <= opset <= 20:
-        raise UsageError(f"the TorchScript exporter supports opset 13-20, got {opset}")
-
+    formats, precisions = check_options(formats, precisions, batch, opset, exporter, simplifier, calib)
     model, info = resolve_source(source, random_weights)
     cfg = model.cfg
     if cfg.attention == "full":
@@ -138,13 +78,29 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
     for h, w in sizes:
         if h % cfg.patch_size or w % cfg.patch_size or h <= 0 or w <= 0:
             raise UsageError(f"image size {h}x{w} is not a positive multiple of the patch size {cfg.patch_size}")
+    extra = [p for p in precisions if p != "fp32"]
+    qplan = None
+    if "int8" in extra or ("fp16" in extra and "onnx" in formats):
+        opts = dict(calib_options or {})
+        if "num_samples" in opts:  # older names: num_samples = count, force = allow_small
+            opts.setdefault("count", opts.pop("num_samples"))
+        if "force" in opts:
+            opts["allow_small"] = bool(opts.pop("force")) or bool(opts.get("allow_small"))
+        qplan = QuantizePlan.from_options(precisions=extra, formats=formats, calib=calib, **opts)
+    plan = ExportPlan(formats=tuple(formats), precisions=tuple(precisions), sizes=tuple(sizes), tiers=tuple(tiers),
+                      batch=batch, opset=opset, exporter=exporter, simplifier=simplifier, elastic=elastic,
+                      quantize=qplan)
+    return build_bundle(model, info, plan, out, force=force, progress=progress)
+
+
+def build_bundle(model, info: dict[str, Any], plan: ExportPlan, out: str | Path, *, force: bool = False,
+                 progress: Progress | None = None) -> Manifest:
+    """Run the builders of ``plan`` for ``model`` into a new bundle at ``out``."""
+    cfg = model.cfg
     pre = Preprocess(mean=cfg.mean, std=cfg.std)
     outs = output_names(model)
-    n_ov = ("openvino" in formats) * (1 + ("fp16" in precisions))
-    total = len(sizes) * (len(tiers) * (1 + n_ov) + (1 if elastic else 0))
     report = progress or (lambda *a, **k: None)
-    report("preparing", advance=0, total=total)
-
+    report("preparing", advance=0, total=plan.steps)
     manifest = Manifest(
         model={**info, "config": cfg.to_dict(), "parameters": model.num_params(), "outputs": outs,
                "num_classes": cfg.num_classes},
@@ -153,102 +109,106 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notes=(["random weights: for latency work only"] if info.get("random_weights") else []),
     )
-    with staged_bundle(out, force=force) as stage:
+    with staged_bundle(out, force=force) as stage, Comparator() as comp:
         (stage / "onnx").mkdir()
-        failures: list[str] = []
-        for h, w in sizes:
-            x = parity_inputs(pre, h, w)
-            if batch != "dynamic":  # a static graph takes exactly `batch` images
-                x = x[np.arange(batch) % len(x)]
-            refs = {c: torch_reference(model, x, c) for c in tiers}
-            for c in tiers:
-                rel = f"onnx/c{c}_{h}x{w}.onnx"
-                report(f"ONNX c={c} {h}x{w}")
-                meta = _meta(info, c, h, w, "fp32", False, [c], outs)
-                export_onnx(model, stage / rel, height=h, width=w, cores=c, batch=batch, opset=opset,
-                            exporter=exporter, metadata=meta)
-                pre_simplify = _run_parity(stage / rel, "onnxruntime", x, refs[c], rel, "fp32", c, None)
-                simp = simplify_onnx(stage / rel, simplifier)
-                par = _run_parity(stage / rel, "onnxruntime", x, refs[c], rel, "fp32", c, None)
-                failures += _gate(par) + _gate(pre_simplify)
-                art = _artifact(stage, "onnx", "fp32", c, h, w, rel, batch, [c], outs, par, cfg, model,
-                                {"exporter": exporter, "opset": opset, "simplify": simp,
-                                 "parity_before_simplify": pre_simplify.to_dict()["outputs"]})
-                manifest.add(art)
-                if "openvino" in formats:
-                    for prec in [p for p in ("fp32", "fp16") if p in precisions]:
-                        report(f"OpenVINO {prec} c={c} {h}x{w}")
-                        manifest.add(_openvino(stage, stage / rel, prec, c, h, w, batch, [c], outs, x, refs,
-                                               meta, cfg, model, failures, False))
-            if elastic:
-                rel = f"onnx/elastic_{h}x{w}.onnx"
-                report(f"ONNX elastic {h}x{w} ({len(tiers)} tiers)")
-                meta = _meta(info, max(tiers), h, w, "fp32", True, tiers, outs)
-                export_onnx(model, stage / rel, height=h, width=w, elastic_tiers=tiers, batch=batch,
-                            opset=opset, exporter=exporter, metadata=meta)
-                simp = simplify_onnx(stage / rel, simplifier)
-                pars = {c: _run_parity(stage / rel, "onnxruntime", x, refs[c], rel, "fp32", c, c) for c in tiers}
-                for p in pars.values():
-                    failures += _gate(p)
-                art = _artifact(stage, "onnx", "fp32", max(tiers), h, w, rel, batch, tiers, outs, None, cfg,
-                                model, {"exporter": exporter, "opset": opset, "simplify": simp,
-                                        "how_to_select": f"feed {CORE_SELECT}: float32 zeros of length = cores"},
-                                elastic=True)
-                art.parity = {str(c): p.to_dict() for c, p in pars.items()}
-                manifest.add(art)
-        if failures:
-            raise ExportError("parity gate failed, no bundle written: " + "; ".join(failures[:6])
-                              + (f" (+{len(failures) - 6} more)" if len(failures) > 6 else ""))
-        extra = [p for p in precisions if p not in ("fp32",)]
-        if ("int8" in extra) or ("fp16" in extra and "onnx" in formats):
-            from ..calibration.quantize import add_precisions
-
-            add_precisions(stage, manifest, model=model, precisions=extra, formats=formats, calib=calib,
-                           progress=report, **(calib_options or {}))
+        golden = GoldenWriter(stage, manifest, pre)
+        for h, w in plan.sizes:
+            report(f"PyTorch reference {h}x{w} ({len(plan.tiers)} tiers)", advance=0)
+            _, x = golden.inputs(h, w)
+            for c in plan.tiers:
+                golden.outputs(c, h, w, torch_reference(model, x, c))
+        refs = BundleReferences(stage, manifest, comp)
+        b = _Builders(stage, manifest, plan, refs, info, model, outs, report)
+        for h, w in plan.sizes:
+            for c in plan.tiers:
+                onnx_art = b.onnx_tier(c, h, w)
+                for prec in plan.openvino_precisions:
+                    b.openvino(onnx_art, prec)
+            if plan.elastic:
+                b.onnx_elastic(h, w)
+        if b.failures:
+            raise ExportError("parity gate failed, no bundle written: " + "; ".join(b.failures[:6])
+                              + (f" (+{len(b.failures) - 6} more)" if len(b.failures) > 6 else ""))
+        if plan.quantize is not None:
+            add_precisions(stage, manifest, plan.quantize, report)
         write_manifest(stage, manifest)
     report("done", advance=0)
     return manifest
 
 
-def _openvino(stage: Path, onnx_path: Path, prec: str, c: int, h: int, w: int, batch, tiers, outs, x, refs,
-              meta, cfg, model, failures: list[str], elastic: bool) -> Artifact:
-    from .openvino_export import export_openvino
+class _Builders:
+    """One builder per artifact kind; each checks what it wrote against the golden outputs."""
 
-    name = f"elastic_{h}x{w}" if elastic else f"c{c}_{h}x{w}"
-    rel = f"openvino/{prec}/{name}.xml"
-    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-    export_openvino(onnx_path, stage / rel, precision=prec, metadata={**meta, "veca.precision": prec})
-    par = _run_parity(stage / rel, "openvino", x, refs[c], rel, prec, c, None)
-    failures += _gate(par)
-    art = _artifact(stage, "openvino", prec, c, h, w, rel, batch, tiers, outs, par, cfg, model,
-                    {"weights": "fp16-compressed" if prec == "fp16" else "fp32",
-                     "parity_inference_precision": "f32"})
-    art.files = [file_entry(stage, rel[:-4] + ".bin")]
-    return art
+    def __init__(self, stage: Path, manifest: Manifest, plan: ExportPlan, refs: BundleReferences,
+                 info: dict[str, Any], model, outs: list[str], report: Progress) -> None:
+        self.stage, self.manifest, self.plan, self.refs = stage, manifest, plan, refs
+        self.info, self.model, self.outs, self.report = info, model, outs, report
+        self.failures: list[str] = []
 
+    def _meta(self, cores: int, h: int, w: int, elastic: bool, tiers: Sequence[int]) -> dict[str, str]:
+        return {"veca.model": self.info["name"], "veca.cores": str(cores), "veca.height": str(h),
+                "veca.width": str(w), "veca.precision": "fp32", "veca.elastic": "1" if elastic else "0",
+                "veca.tiers": ",".join(map(str, tiers)), "veca.outputs": ",".join(self.outs),
+                "veca.core_select": CORE_SELECT if elastic else ""}
 
-def _run_parity(path: Path, backend: str, x, ref, rel: str, precision: str, c: int, elastic_c: int | None) -> ParityReport:
-    opts = {"inference_precision": "f32"} if backend == "openvino" else {}
-    with create_runner(backend, path, **opts) as r:
-        feed = {IMAGES: x}
-        if elastic_c is not None:
-            feed[CORE_SELECT] = core_select(elastic_c)
-        got = r.infer(feed)
-    return compare(ref, got, artifact=rel, precision=precision, cores=c)
+    def _artifact(self, fmt: str, prec: str, c: int, h: int, w: int, rel: str, tiers: Sequence[int],
+                  details: dict[str, Any], elastic: bool = False) -> Artifact:
+        fe = file_entry(self.stage, rel)
+        batch, cfg = self.plan.batch, self.model.cfg
+        shape = ["batch" if batch == "dynamic" else batch, cfg.in_channels, h, w]
+        inputs: dict[str, Any] = {IMAGES: {"dtype": "float32", "shape": shape}}
+        if elastic:
+            inputs[CORE_SELECT] = {"dtype": "float32", "shape": ["cores"], "tiers": list(tiers)}
+        return Artifact(format=fmt, precision=prec, cores=c, height=h, width=w, path=rel, sha256=fe.sha256,
+                        bytes=fe.bytes, id=artifact_id(fmt, prec, c, h, w, elastic), batch=batch, elastic=elastic,
+                        tiers=list(tiers), inputs=inputs, outputs=list(self.outs),
+                        flops=forward_flops(cfg, h, w, c), params=self.model.num_params(), details=details)
 
+    def _gate(self, art: Artifact) -> None:
+        reports = self.refs.check(art)
+        self.failures += failures_of(reports)
+        art.parity = parity_record(reports, art.elastic)
 
-def _gate(rep: ParityReport) -> list[str]:
-    return [f"{rep.artifact} (c={rep.cores}) {f}" for f in rep.failures]
+    def _trace(self, rel: str, c: int, h: int, w: int, tiers: list[int], elastic: bool) -> Artifact:
+        p = self.plan
+        export_onnx(self.model, self.stage / rel, height=h, width=w, cores=None if elastic else c,
+                    elastic_tiers=tiers if elastic else None, batch=p.batch, opset=p.opset, exporter=p.exporter,
+                    metadata=self._meta(c, h, w, elastic, tiers))
+        art = self._artifact("onnx", "fp32", c, h, w, rel, tiers, {"exporter": p.exporter, "opset": p.opset},
+                             elastic)
+        if not elastic:  # the traced graph alone, so a simplifier bug is told apart from a tracing bug
+            pre_simplify = self.refs.check(art)
+            self.failures += [f"{m} (before simplification)" for m in failures_of(pre_simplify)]
+            art.details["parity_before_simplify"] = parity_record(pre_simplify, False)["outputs"]
+        art.details["simplify"] = simplify_onnx(self.stage / rel, p.simplifier)
+        fe = file_entry(self.stage, rel)
+        art.sha256, art.bytes = fe.sha256, fe.bytes
+        if elastic:
+            art.details["how_to_select"] = f"feed {CORE_SELECT}: float32 zeros of length = cores"
+        self._gate(art)
+        self.manifest.add(art)
+        return art
 
+    def onnx_tier(self, c: int, h: int, w: int) -> Artifact:
+        self.report(f"ONNX c={c} {h}x{w}")
+        return self._trace(f"onnx/c{c}_{h}x{w}.onnx", c, h, w, [c], elastic=False)
 
-def _artifact(stage: Path, fmt: str, prec: str, c: int, h: int, w: int, rel: str, batch, tiers, outs,
-              par: ParityReport | None, cfg, model, details: dict, elastic: bool = False) -> Artifact:
-    fe = file_entry(stage, rel)
-    shape = ["batch" if batch == "dynamic" else batch, cfg.in_channels, h, w]
-    inputs: dict[str, Any] = {IMAGES: {"dtype": "float32", "shape": shape}}
-    if elastic:
-        inputs[CORE_SELECT] = {"dtype": "float32", "shape": ["cores"], "tiers": tiers}
-    return Artifact(format=fmt, precision=prec, cores=c, height=h, width=w, path=rel, sha256=fe.sha256,
-                    bytes=fe.bytes, id=artifact_id(fmt, prec, c, h, w, elastic), batch=batch, elastic=elastic,
-                    tiers=list(tiers), inputs=inputs, outputs=outs, parity=par.to_dict() if par else {},
-                    flops=forward_flops(cfg, h, w, c), params=model.num_params(), details=details)
+    def onnx_elastic(self, h: int, w: int) -> Artifact:
+        tiers = list(self.plan.tiers)
+        self.report(f"ONNX elastic {h}x{w} ({len(tiers)} tiers)")
+        return self._trace(f"onnx/elastic_{h}x{w}.onnx", max(tiers), h, w, tiers, elastic=True)
+
+    def openvino(self, onnx_art: Artifact, prec: str) -> Artifact:
+        c, h, w = onnx_art.cores, onnx_art.height, onnx_art.width
+        self.report(f"OpenVINO {prec} c={c} {h}x{w}")
+        rel = f"openvino/{prec}/c{c}_{h}x{w}.xml"
+        (self.stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        export_openvino(self.stage / onnx_art.path, self.stage / rel, precision=prec,
+                        metadata={**self._meta(c, h, w, False, [c]), "veca.precision": prec})
+        art = self._artifact("openvino", prec, c, h, w, rel, [c],
+                             {"weights": "fp16-compressed" if prec == "fp16" else "fp32",
+                              "parity_inference_precision": parity_options("openvino").get("inference_precision")})
+        art.files = [file_entry(self.stage, rel[:-4] + ".bin")]
+        self._gate(art)
+        self.manifest.add(art)
+        return art

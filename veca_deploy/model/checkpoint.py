@@ -5,7 +5,6 @@ Pickles are opened with ``weights_only=True`` only, so a checkpoint can never ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..bundle.io import sha256_file
 from ..errors import CheckpointError
 from .config import VecaConfig
 
@@ -25,14 +25,6 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "card.json"
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "weights" / "veca_tiny"
 _PREFIXES = ("module.", "student.", "_orig_mod.")
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _strip_prefixes(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -135,7 +127,7 @@ def load_checkpoint(path: str | os.PathLike, **config_overrides: Any):
         for k, v in config_overrides.items():
             setattr(cfg, k, v)
         model, weights = _build(cfg, _strip_prefixes(obj["student"]), str(p)), p
-    model.source_sha256 = file_sha256(weights)
+    model.source_sha256 = sha256_file(weights)
     model.source_path = str(p)
     return model
 

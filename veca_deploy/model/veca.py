@@ -8,7 +8,7 @@ plus the patches, all-to-all), so speed comparisons differ only in who attends t
 from __future__ import annotations
 
 import math
-from typing import Any
+
 
 import torch
 import torch.nn.functional as F
@@ -223,19 +223,13 @@ class VECA(nn.Module):
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ValueError(f"H and W must be multiples of the patch size {p}, got {list(images.shape[-2:])}")
         x, lead = self.forward_tokens(images, None if self.cfg.attention == "full" else c)
-        return self._outputs(x, lead)
+        return self.outputs_from_tokens(x, lead)
 
-    def _outputs(self, x: Tensor, lead: int | Tensor) -> tuple[Tensor, ...]:
+    def outputs_from_tokens(self, x: Tensor, lead: int | Tensor) -> tuple[Tensor, ...]:
         g, pt = x[:, 0], x[:, lead:]
         if self.head is None:
             return g, pt
         return g, pt, self.head(g)
-
-    # -------------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str, card: dict[str, Any] | None = None) -> None:
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, directory, card=card)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,4 +1,7 @@
-"""Backends behind one :class:`Runner` interface; heavy ones are imported only when asked for."""
+"""Backends behind one :class:`Runner` interface; heavy ones are imported only when asked for.
+
+Which backends exist, what they run and what installs them is :mod:`veca_deploy.formats`.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +9,21 @@ from importlib import import_module
 from typing import Any
 
 from ..errors import BackendUnavailable, UsageError
+from ..formats import BACKENDS, FORMATS
 from .base import CORE_SELECT, IMAGES, Runner, TensorSpec, check_feed, core_select
 
-#: backend name -> (module, class, bundle format, pip extra)
-BACKENDS: dict[str, tuple[str, str, str, str]] = {
-    "onnxruntime": ("veca_deploy.runtimes.onnxrt", "OnnxRuntimeRunner", "onnx", "veca-deploy"),
-    "openvino": ("veca_deploy.runtimes.openvino_rt", "OpenVINORunner", "openvino", "veca-deploy[openvino]"),
-    "tensorrt": ("veca_deploy.runtimes.trt", "TensorRTRunner", "tensorrt", "veca-deploy[tensorrt]"),
-}
-FORMAT_BACKEND = {fmt: name for name, (_, _, fmt, _) in BACKENDS.items()}
+#: bundle format -> the backend that runs it
+FORMAT_BACKEND = {fmt: f.backend for fmt, f in FORMATS.items()}
 
 
 def runner_class(backend: str) -> type[Runner]:
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    module, cls, _, extra = BACKENDS[backend]
+    b = BACKENDS[backend]
     try:
-        return getattr(import_module(module), cls)
+        return getattr(import_module(f"veca_deploy.runtimes.{b.module}"), b.runner)
     except ImportError as e:
-        raise BackendUnavailable(f"backend {backend} is unavailable ({e}); pip install '{extra}'") from None
+        raise BackendUnavailable(f"backend {backend} is unavailable ({e}); pip install '{b.extra}'") from None
 
 
 def create_runner(backend: str, path, **options: Any) -> Runner:
@@ -33,9 +32,8 @@ def create_runner(backend: str, path, **options: Any) -> Runner:
 
 def backend_available(backend: str) -> bool:
     """Whether the backend's library imports here (does not load any model)."""
-    probe = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[backend]
     try:
-        import_module(probe)
+        import_module(BACKENDS[backend].probe)
         return True
     except Exception:
         return False

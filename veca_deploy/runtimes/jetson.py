@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from ..errors import BackendUnavailable
+from ..errors import first_line, BackendUnavailable
 
 TRT_INSTALL_HINT = "pip install 'veca-deploy[tensorrt]' or use the TensorRT that JetPack ships"
 CUDA_INSTALL_HINT = "pip install cuda-python (the major version must match the device's CUDA)"
@@ -39,7 +39,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except (ImportError, OSError) as e:  # OSError: the bindings wheel without libnvinfer
-        raise BackendUnavailable(f"TensorRT is not usable here ({_first_line(e)}); {TRT_INSTALL_HINT}") from None
+        raise BackendUnavailable(f"TensorRT is not usable here ({first_line(e, 200)}); {TRT_INSTALL_HINT}") from None
     return trt
 
 
@@ -51,7 +51,7 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart  # type: ignore[no-redef]
         except (ImportError, OSError) as e:
-            raise BackendUnavailable(f"cuda-python is not usable here ({_first_line(e)}); {CUDA_INSTALL_HINT}") from None
+            raise BackendUnavailable(f"cuda-python is not usable here ({first_line(e, 200)}); {CUDA_INSTALL_HINT}") from None
     return cudart
 
 
@@ -204,7 +204,3 @@ def _cpu_clock() -> dict[str, Any] | None:
     return {"cores": len(cpus), "cur_khz_max": max(online) if online else None,
             "cur_khz_min": min(online) if online else None, "max_khz": _read_int(f"{cpus[0]}/cpuinfo_max_freq")}
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, BundleError
+from ..errors import first_line, BackendUnavailable, BundleError
 from .base import Runner, TensorSpec
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -46,8 +46,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(os.fspath(self.path), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception types for corrupt graphs
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BundleError(f"{self.path.name}: ONNX Runtime cannot load it ({msg[:300]})") from None
+            msg = first_line(e)
+            raise BundleError(f"{self.path.name}: ONNX Runtime cannot load it ({msg})") from None
         self._inputs = [TensorSpec(i.name, _DTYPES.get(i.type, i.type),
                                    tuple(d if isinstance(d, int) else None for d in i.shape))
                         for i in self.session.get_inputs()]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, BundleError
+from ..errors import first_line, BackendUnavailable, BundleError
 from .base import Runner, TensorSpec
 
 
@@ -49,8 +49,8 @@ class OpenVINORunner(Runner):
             model = core.read_model(xml)
             self.compiled = core.compile_model(model, device, cfg)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg[:300]})") from None
+            msg = first_line(e)
+            raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg})") from None
         self.request = self.compiled.create_infer_request()
         self._inputs = []
         for p in self.compiled.inputs:

@@ -17,7 +17,8 @@ from typing import Any, Iterable
 from ..bundle.manifest import Artifact
 from ..bundle.reader import Bundle
 from ..errors import BackendUnavailable, UsageError
-from ..runtimes import BACKENDS, FORMAT_BACKEND, backend_available
+from ..formats import BACKENDS, FORMATS, backend_format, format_backend
+from ..runtimes import backend_available
 
 PRECISION_RANK = {"fp32": 2, "fp16": 1, "int8": 0}
 
@@ -49,7 +50,7 @@ class Candidate:
 
     @property
     def backend(self) -> str:
-        return FORMAT_BACKEND[self.artifact.format]
+        return format_backend(self.artifact.format)
 
     @property
     def key(self) -> str:
@@ -111,8 +112,8 @@ def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None 
     """``auto`` -> every backend whose library imports here (and the bundle has artifacts for);
     a name or list -> those, checked. Unknown names are a :class:`UsageError`."""
     if backend is None or backend == "auto" or backend == ["auto"]:
-        formats = {a.format for a in bundle.artifacts} if bundle is not None else set(FORMAT_BACKEND)
-        return [b for b in BACKENDS if BACKENDS[b][2] in formats and backend_available(b)]
+        formats = {a.format for a in bundle.artifacts} if bundle is not None else set(FORMATS)
+        return [b for b in BACKENDS if backend_format(b) in formats and backend_available(b)]
     names = [b.strip() for b in (backend.split(",") if isinstance(backend, str) else backend) if b.strip()]
     if not names:
         raise UsageError("backend list is empty")
@@ -123,14 +124,14 @@ def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None 
             raise UsageError(f"unknown backend {b!r}; choose from auto, {', '.join(BACKENDS)}")
     for b in names:
         if not backend_available(b):
-            raise BackendUnavailable(f"backend {b} is not installed here; pip install '{BACKENDS[b][3]}'")
+            raise BackendUnavailable(f"backend {b} is not installed here; pip install '{BACKENDS[b].extra}'")
     return list(dict.fromkeys(names))
 
 
 def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = None,
                precisions: list[str] | None = None) -> list[Candidate]:
     """Every (artifact, tier) the bundle serves on ``backends``, filtered by tiers/precisions."""
-    formats = {BACKENDS[b][2] for b in backends}
+    formats = {backend_format(b) for b in backends}
     out = []
     for a in bundle.artifacts:
         if a.format not in formats or (precisions and a.precision not in precisions):

@@ -26,14 +26,13 @@ import numpy as np
 
 from ..bundle.reader import Bundle
 from ..errors import InputError, UsageError
+from ..formats import BACKENDS, format_backend
 from ..runtimes import CORE_SELECT, IMAGES, Runner, core_select, create_runner
 from .adaptive import AdaptiveController
 from .candidates import Tier
 from .profile import runner_options
 from .select import Measured, Selection, select
 
-#: Backends whose runner may be called from several threads at once (others get a lock each).
-THREAD_SAFE_BACKENDS = ("onnxruntime",)
 LatencyHook = Callable[[float, Tier], float]
 
 
@@ -237,10 +236,10 @@ class Runtime:
     def _make(self, art) -> Runner:
         r = self._runners.get(art.id)
         if r is None:
-            backend = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[art.format]
+            backend = format_backend(art.format)
             r = create_runner(backend, self.bundle.path_of(art), **runner_options(backend, self._threads,
                                                                                    self._runner_extra))
-            self._run_locks[art.id] = None if backend in THREAD_SAFE_BACKENDS else threading.Lock()
+            self._run_locks[art.id] = None if BACKENDS[backend].thread_safe else threading.Lock()
             self._runners[art.id] = r
         if not r.active:
             r.activate()

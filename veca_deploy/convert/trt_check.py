@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailable, BundleError
+from ..errors import first_line, BackendUnavailable, BundleError
 from ..runtimes.base import CORE_SELECT, IMAGES
 
 #: Default TensorRT release we check against: what JetPack 6.1 and 6.2 ship.
@@ -148,7 +148,7 @@ def check_onnx_for_tensorrt(path: str | os.PathLike, trt_version: str = DEFAULT_
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, missing external data, ...
-        raise BundleError(f"{path.name}: cannot read ONNX ({_first_line(e)})") from None
+        raise BundleError(f"{path.name}: cannot read ONNX ({first_line(e, 200)})") from None
     report = CheckReport(path=str(path), target=str(trt_version))
     report.opset = _default_opset(model)
     if report.opset is not None:
@@ -352,7 +352,3 @@ def _version_tuple(v: str) -> tuple[int, ...]:
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import BackendUnavailable, ExportError
+from ..errors import first_line, BackendUnavailable, ExportError
 
 
 def export_openvino(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, *, precision: str = "fp32",
@@ -25,8 +25,8 @@ def export_openvino(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, *
             model.set_rt_info(str(v), ["veca", str(k).removeprefix("veca.")])
         ov.save_model(model, os.fspath(xml_path), compress_to_fp16=(precision == "fp16"))
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"OpenVINO conversion of {Path(onnx_path).name} failed: {msg[:300]}") from e
+        msg = first_line(e)
+        raise ExportError(f"OpenVINO conversion of {Path(onnx_path).name} failed: {msg}") from e
     return [xml_path, xml_path.with_suffix(".bin")]
 
 

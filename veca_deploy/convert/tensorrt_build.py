@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..bundle.io import file_entry, sha256_file, staged_update, write_manifest
-from ..bundle.manifest import PRECISIONS, Artifact, Manifest, artifact_id, read_manifest
+from ..formats import PRECISIONS
+from ..bundle.manifest import Artifact, Manifest, artifact_id, read_manifest
 from ..bundle.reader import Bundle
 from ..errors import BackendUnavailable, ExportError, UsageError
 from ..runtimes.base import CORE_SELECT

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import FASHION_MNIST_DIR, fashion_mnist
-from .model.checkpoint import file_sha256
-from .runtimes.fingerprint import cpu_info
-from .model.registry import model_config
+from ..data import FASHION_MNIST_DIR, fashion_mnist
+from ..bundle.io import sha256_file
+from .checkpoint import save_pretrained
+from ..runtimes.fingerprint import cpu_info
+from .registry import model_config
 
 
 @dataclass
@@ -173,7 +174,7 @@ def train(cfg: TrainConfig | None = None, progress: Callable[[int, int, dict], N
             "source": "Debian package dataset-fashion-mnist",
             "train_images": int(len(x_train)),
             "test_images": int(len(te_x)),
-            "files": {f.name: file_sha256(f) for f in sorted(FASHION_MNIST_DIR.glob("*.gz"))},
+            "files": {f.name: sha256_file(f) for f in sorted(FASHION_MNIST_DIR.glob("*.gz"))},
         },
         "test_top1": {str(c): round(a, 2) for c, a in acc.items()},
         "history": history,
@@ -187,5 +188,5 @@ def train(cfg: TrainConfig | None = None, progress: Callable[[int, int, dict], N
 def train_reference(out: str | Path, cfg: TrainConfig | None = None, progress=None) -> dict[str, Any]:
     """Train and save (safetensors + config + card) the reference model into ``out``."""
     model, card = train(cfg, progress)
-    model.save_pretrained(str(out), card=card)
+    save_pretrained(model, out, card=card)
     return card

@@ -1,0 +1,58 @@
+"""Where the model to export comes from: the built-in reference model, a registry name (random
+weights, for latency work), or a checkpoint path (the authors' ``torch.save`` file or our
+safetensors folder). Returns the model and the provenance the manifest records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import FASHION_MNIST_CLASSES
+from ..errors import UsageError
+
+BUILTIN = "builtin:veca_tiny"
+
+
+def resolve_source(source: str | None, random_weights: bool = False):
+    """A model and its provenance from: None (built-in reference), a registry name, or a path."""
+    from ..model.checkpoint import load_checkpoint, load_reference_model
+    from ..model.registry import DEFAULT_MODEL, create_model, list_models
+
+    if source in (None, "", BUILTIN, "builtin", DEFAULT_MODEL) and not random_weights:
+        model = load_reference_model()
+        info = {"name": DEFAULT_MODEL, "source": BUILTIN, "source_sha256": model.source_sha256,
+                "random_weights": False, "class_names": list(FASHION_MNIST_CLASSES)}
+        from ..model.checkpoint import reference_card
+
+        info["card_top1"] = reference_card().get("test_top1", {})
+        return model, info
+    if source in list_models():
+        if not random_weights:
+            raise UsageError(f"{source} is a registry name without weights: pass --random-weights to export "
+                             "random weights (latency work only) or give a checkpoint path")
+        import torch
+
+        torch.manual_seed(0)
+        model = create_model(source).eval()
+        return model, {"name": source, "source": f"registry:{source}", "source_sha256": None,
+                       "random_weights": True}
+    if source is None:
+        raise UsageError("--random-weights needs a registry name as SOURCE")
+    path = Path(source)
+    if not path.exists():
+        raise UsageError(f"SOURCE {source!r} is neither a registry name ({', '.join(list_models())}) "
+                         "nor an existing checkpoint path")
+    model = load_checkpoint(path)
+    return model, {"name": f"veca_{model.cfg.model_family}" if model.cfg.attention == "core" else "vit",
+                   "source": str(path), "source_sha256": model.source_sha256, "random_weights": False}
+
+
+def default_tiers(cfg) -> list[int]:
+    """All tiers when there are at most four, else doubling from the chunk size up to the bank."""
+    tiers = cfg.core_tiers
+    if len(tiers) <= 4:
+        return tiers
+    out, c = [], cfg.nested_chunk_size
+    while c < cfg.num_query_tokens:
+        out.append(c)
+        c *= 2
+    return out + [cfg.num_query_tokens]

@@ -1,0 +1,99 @@
+"""The one table of artifact formats, precisions, backends and execution variants.
+
+Everything that needs to know "what can a bundle hold and what runs it" reads this module: the
+manifest's validation, the CLI's choices, the runner registry, the comparator (which runner
+settings a parity check needs), the selector and the README's format table (``docs_table``).
+A new format or execution variant is one row here. Pure Python, imported by every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Precisions an artifact's weights and math are stored in.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A runtime that executes artifacts: where its runner lives and what installs it."""
+
+    name: str
+    module: str  # veca_deploy.runtimes.<module> holding the runner class
+    runner: str
+    probe: str  # the Python package whose import says the backend exists here
+    extra: str  # what to pip install
+    devices: tuple[str, ...] = ("CPU",)  # device axis (OpenVINO CPU/GPU/NPU, ORT execution providers)
+    #: runner options every accuracy/parity check uses, so a check measures the graph, not the
+    #: runtime's own precision choice (OpenVINO runs f32 graphs in bf16 on CPUs that have it)
+    parity_options: dict = field(default_factory=dict)
+    #: execution variants the runtime offers for an artifact beyond its stored precision
+    execution_variants: tuple[str, ...] = ()
+    #: whether one runner may be called from several threads at once
+    thread_safe: bool = False
+
+
+@dataclass(frozen=True)
+class Format:
+    """An artifact format: files, the backend that runs it and what it may hold."""
+
+    name: str
+    suffix: str
+    backend: str
+    precisions: tuple[str, ...]
+    sidecars: tuple[str, ...] = ()  # extra files beside the main one (OpenVINO's .bin)
+    built_by: str = "export"  # which command writes it
+    tensorrt_source: bool = False  # whether TensorRT builds engines from it
+    description: str = ""
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("onnxruntime", "onnxrt", "OnnxRuntimeRunner", "onnxruntime", "veca-deploy",
+            devices=("CPU", "CUDA", "TensorRT"), thread_safe=True),
+    Backend("openvino", "openvino_rt", "OpenVINORunner", "openvino", "veca-deploy[openvino]",
+            devices=("CPU", "GPU", "NPU"), parity_options={"inference_precision": "f32"},
+            execution_variants=("f32", "bf16", "f16")),
+    Backend("tensorrt", "trt", "TensorRTRunner", "tensorrt", "veca-deploy[tensorrt]", devices=("GPU",)),
+)}
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("onnx", ".onnx", "onnxruntime", PRECISIONS, tensorrt_source=True,
+           description="ONNX graph; FP32 per tier and elastic, FP16, INT8 QDQ (S8S8 / U8S8)"),
+    Format("openvino", ".xml", "openvino", PRECISIONS, sidecars=(".bin",),
+           description="OpenVINO IR; FP32, FP16-compressed weights, INT8 (NNCF)"),
+    Format("tensorrt", ".plan", "tensorrt", ("fp16", "int8", "fp32"), sidecars=(".json",), built_by="build-trt",
+           description="TensorRT engine, strongly typed, built on the target GPU"),
+)}
+
+#: formats ``export`` writes itself (the others come from later commands on the target)
+EXPORT_FORMATS: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if f.built_by == "export")
+#: precisions each exported format is produced in by export/quantize
+EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": PRECISIONS, "openvino": PRECISIONS}
+
+
+def format_backend(fmt: str) -> str:
+    """The backend that runs ``fmt`` (a KeyError for an unknown format is a bug: the manifest checks)."""
+    return FORMATS[fmt].backend
+
+
+def backend_format(backend: str) -> str:
+    return next(f.name for f in FORMATS.values() if f.backend == backend)
+
+
+def parity_options(backend: str) -> dict:
+    """Runner options for checks that must see the graph's own numbers."""
+    return dict(BACKENDS[backend].parity_options)
+
+
+def docs_table() -> str:
+    """The README's format table, from this module."""
+    rows = ["| format | files | backend | precisions | written by | TensorRT source |", "|---|---|---|---|---|---|"]
+    for f in FORMATS.values():
+        files = " + ".join((f.suffix,) + f.sidecars)
+        rows.append(f"| `{f.name}` | {files} | {f.backend} (`{BACKENDS[f.backend].extra}`) | "
+                    f"{', '.join(f.precisions)} | `{f.built_by}` | {'yes' if f.tensorrt_source else 'no'} |")
+    return "\n".join(rows)
+
+
+__all__ = ["BACKENDS", "EXPORT_FORMATS", "EXPORT_PRECISIONS", "FORMATS", "PRECISIONS", "Backend", "Format",
+           "backend_format", "docs_table", "format_backend", "parity_options"]
