@@ -8,6 +8,7 @@ numpy-free and torch-free on purpose.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +20,23 @@ from ..formats import FORMATS, PRECISIONS
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: the published JSON Schema of this version (also in docs/manifest.schema.json)
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def check_schema(d: Any, where: str = MANIFEST_NAME) -> None:
+    """Validate a manifest dict against the published JSON Schema (one-line BundleError)."""
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(d))
+    if err is not None:
+        loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise BundleError(f"{where}: does not match the manifest schema at {loc}: {err.message[:200]}")
 
 
 @dataclass
@@ -45,6 +63,8 @@ class Artifact:
     bytes: int
     id: str = ""
     batch: int | str = "dynamic"
+    #: largest batch a dynamic-batch artifact accepts (a TensorRT engine's profile max); None: any
+    max_batch: int | None = None
     elastic: bool = False
     tiers: list[int] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
@@ -169,6 +189,7 @@ class Manifest:
             check_relative(arts[-1].path, where)
             for f in arts[-1].files:
                 check_relative(f.path, where)
+        check_schema(d, where)  # after the checks above, whose messages name the usual mistakes
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in fields and k != "artifacts"}
         try:
