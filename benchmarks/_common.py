@@ -14,9 +14,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from veca_deploy.runtimes.timing import interleaved  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,29 +74,7 @@ def numpy_peak_gflops(n: int = 2048, reps: int = 5) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ timing
-def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-                iters: dict[str, int] | int = 1, log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
-    """Time every variant ``rounds`` times, interleaved: odd rounds run the variants in order,
-    even rounds in reverse (A B C, C B A, ...). One sample = mean ms of ``iters`` calls.
-    ``warmup`` untimed calls per variant come first, also interleaved."""
-    names = list(variants)
-    it = (lambda k: iters) if isinstance(iters, int) else (lambda k: iters.get(k, 1))
-    for _ in range(warmup):
-        for k in names:
-            variants[k]()
-    samples: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            n = it(k)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                variants[k]()
-            samples[k].append((time.perf_counter() - t0) / n * 1e3)
-        if log:
-            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k}={samples[k][-1]:.1f}" for k in names))
-    return samples
-
-
+# interleaved A/B timing lives in the one harness: veca_deploy.runtimes.timing.interleaved
 def med(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

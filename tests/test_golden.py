@@ -145,3 +145,15 @@ def test_comparator_reuses_references_and_gates_by_precision(tiny_bundle):
         got = comp.outputs(Target.of(tiny_bundle, art), x, 8, patch_rows=refs.reference(art, 32).patch_rows)
         rep = compare(refs.reference(art, 32).outputs, got, artifact=art.id, precision="fp32", cores=8)
         assert not rep.passed and rep.failures
+
+
+@pytest.mark.parametrize("key, value", [("resize", "bicubic"), ("layout", "NHWC"), ("color_order", "YUV")])
+def test_declared_preprocessing_that_is_not_implemented_is_refused(bundle_copy, key, value):
+    from veca_deploy.bundle.reader import Bundle
+    from veca_deploy.errors import BundleError
+
+    d = json.loads((bundle_copy / "manifest.json").read_text())
+    d["preprocess"][key] = value
+    (bundle_copy / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=key):
+        Bundle.open(bundle_copy).preprocess

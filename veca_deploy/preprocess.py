@@ -13,9 +13,18 @@ import numpy as np
 from .errors import InputError
 
 
+#: what :class:`Preprocess` implements (see its docstring)
+RESIZES = ("bilinear",)
+LAYOUTS = ("NCHW",)
+COLOR_ORDERS = ("RGB", "BGR")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How raw pixels become the network's ``images`` input."""
+    """How raw pixels become the network's ``images`` input: ``x * scale`` in ``color_order``,
+    resized with ``resize`` to the tier's size, normalised by ``mean``/``std`` into ``layout``.
+    Only what :meth:`__call__` really implements is accepted, so a bundle that declares another
+    resize or layout is refused instead of being silently fed something else."""
 
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -24,6 +33,13 @@ class Preprocess:
     scale: float = 1.0 / 255.0
     layout: str = "NCHW"
     extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("resize", self.resize, RESIZES), ("layout", self.layout, LAYOUTS),
+                                     ("color_order", self.color_order, COLOR_ORDERS)):
+            if value not in allowed:
+                raise ValueError(f"preprocess {name} {value!r} is not implemented here (supported: "
+                                 f"{', '.join(allowed)})")
 
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "color_order": self.color_order,

@@ -102,7 +102,7 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)))
 
 
-def measure(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preprocess, manifest: Manifest,
+def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preprocess, manifest: Manifest,
             progress: Callable[..., None] | None = None) -> dict[str, dict[str, Any]]:
     """Accuracy record (the manifest's ``accuracy`` dict) for each artifact id.
 
@@ -258,7 +258,7 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     ev = load_eval_data(data, pre, limit)
     # FP32 references are always measured on the same images, so drops compare like with like
     refs = [a for a in references(bundle.manifest, arts) if backend_available(FORMAT_BACKEND[a.format])]
-    results = measure(bundle.root, refs + arts, ev, pre, bundle.manifest, progress)
+    results = measure_accuracy(bundle.root, refs + arts, ev, pre, bundle.manifest, progress)
     failures = gate(bundle.manifest, results, allow_drop)
     if write:
         for a in bundle.manifest.artifacts:

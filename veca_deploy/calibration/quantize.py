@@ -24,7 +24,7 @@ from ..errors import QuantizationError, UsageError
 from ..formats import EXPORT_FORMATS, EXPORT_PRECISIONS
 from ..preprocess import Preprocess
 from .data import CalibrationSet, load_calibration
-from .evaluate import COSINE_GATE_SAMPLES, DEFAULT_DATA, DEFAULT_GATE_SAMPLES, gate, load_eval_data, measure, references
+from .evaluate import COSINE_GATE_SAMPLES, DEFAULT_DATA, DEFAULT_GATE_SAMPLES, gate, load_eval_data, measure_accuracy, references
 from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
@@ -144,7 +144,7 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
         ev = load_eval_data(eval_data, pre, eval_limit)
         ids = {a.id for a in added}
         refs = references(manifest, added)
-        results = measure(stage, refs + added, ev, pre, manifest)
+        results = measure_accuracy(stage, refs + added, ev, pre, manifest)
         problems = gate(manifest, results, allow_drop, ids=ids)
         if problems:
             raise QuantizationError("accuracy gate failed, nothing added: " + "; ".join(problems[:6])

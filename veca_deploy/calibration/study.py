@@ -21,6 +21,7 @@ from ..bundle.reader import Bundle
 from ..runtimes import create_runner
 from ..runtimes.base import IMAGES
 from ..runtimes.fingerprint import cpu_info
+from ..runtimes.timing import interleaved
 from .data import load_calibration
 from .evaluate import images_at, load_eval_data, run_artifact
 from .recipe import NncfRecipe, OrtRecipe
@@ -28,26 +29,16 @@ from .recipe import NncfRecipe, OrtRecipe
 
 def latency_ab(backend: str, path_a: Path, path_b: Path, x: np.ndarray, rounds: int = 200, warmup: int = 20,
                **opts: Any) -> dict[str, float]:
-    """Median batch-1 latency (ms) of A and B, alternating A B A B in one process."""
+    """Median batch-1 latency (ms) of A and B, interleaved in one process (the shared harness)."""
     ra, rb = create_runner(backend, path_a, **opts).activate(), create_runner(backend, path_b, **opts).activate()
     try:
         feed = {IMAGES: x[:1]}
-        for _ in range(warmup):
-            ra.infer(feed, check=False)
-            rb.infer(feed, check=False)
-        ta, tb = [], []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            ra.infer(feed, check=False)
-            t1 = time.perf_counter()
-            rb.infer(feed, check=False)
-            t2 = time.perf_counter()
-            ta.append(t1 - t0)
-            tb.append(t2 - t1)
+        s = interleaved({"a": lambda: ra.infer(feed, check=False), "b": lambda: rb.infer(feed, check=False)},
+                        rounds=rounds, warmup=warmup)
     finally:
         ra.close()
         rb.close()
-    a, b = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+    a, b = statistics.median(s["a"]), statistics.median(s["b"])
     return {"a_ms": round(a, 3), "b_ms": round(b, 3), "speedup": round(a / b, 2)}
 
 

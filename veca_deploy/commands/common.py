@@ -80,11 +80,3 @@ def progress_reporter(enabled: bool = True) -> Iterator[Reporter | None]:
                   TimeElapsedColumn(), console=console, transient=False) as p:
         yield Reporter(p)
 
-
-def debug_flag() -> bool:
-    ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        if ctx.obj and "debug" in ctx.obj:
-            return bool(ctx.obj["debug"])
-        ctx = ctx.parent
-    return False

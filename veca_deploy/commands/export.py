@@ -49,7 +49,7 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             source, out=out, cores=parse_int_list(cores, "--cores"),
             image_sizes=[parse_size(s) for s in image_sizes] or None,
             formats=parse_list(formats) or ["onnx"], precisions=parse_list(precisions) or ["fp32"],
-            batch=batch, opset=opset or 17, exporter=exporter, simplifier=simplifier, elastic=elastic,
+            batch=batch, opset=opset, exporter=exporter, simplifier=simplifier, elastic=elastic,
             force=force, random_weights=random_weights, calib=calib, calib_options=calib_options,
             progress=report)
     n = len(manifest.artifacts)

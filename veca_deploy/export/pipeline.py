@@ -52,7 +52,7 @@ def package_versions() -> dict[str, str]:
 def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] | None = None,
            image_sizes: Sequence[tuple[int, int]] | None = None, formats: Sequence[str] = EXPORT_FORMATS,
            precisions: Sequence[str] = ("fp32", "fp16"), batch: int | str = "dynamic",
-           opset: int = DEFAULT_OPSET, exporter: str = DEFAULT_EXPORTER, simplifier: str = "onnxslim",
+           opset: int | None = None, exporter: str = DEFAULT_EXPORTER, simplifier: str = "onnxslim",
            elastic: bool = False, force: bool = False, random_weights: bool = False,
            calib: str | None = None, calib_options: dict[str, Any] | None = None,
            progress: Progress | None = None) -> Manifest:
@@ -63,6 +63,7 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
     method, int8_scheme, allow_small, allow_drop, eval_limit, ...). Every artifact passes its
     parity gate in its own runtime or the export fails with a report and writes nothing.
     """
+    opset = DEFAULT_OPSET if opset is None else opset
     formats, precisions = check_options(formats, precisions, batch, opset, exporter, simplifier, calib)
     model, info = resolve_source(source, random_weights)
     cfg = model.cfg

@@ -51,8 +51,6 @@ class Runner(abc.ABC):
             self._close()
             self.active = False
 
-    deactivate = close
-
     def __enter__(self) -> "Runner":
         return self.activate()
 

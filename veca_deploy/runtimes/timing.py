@@ -1,5 +1,7 @@
-"""The one timing harness: ``veca-deploy bench`` and the tier selector both measure through it,
-so a profile written by one means the same thing to the other.
+"""The one timing harness: ``veca-deploy bench``, the tier selector, the recipe study and the
+benchmarks all measure through it, so a number written by one means the same to the others.
+:func:`measure` times one runner (cold start, warm-up, percentiles); :func:`interleaved` times
+several variants side by side (A B C, C B A, ...) so a busy machine slows them alike.
 
 It measures a cold start (load + compile, then the first inference, which often pays for lazy
 allocations), then runs a warm-up and a fixed count or duration of timed inferences and reports
@@ -193,6 +195,30 @@ def measure(runner: Runner, feed: dict[str, np.ndarray], *, count: int | None = 
                   throughput_ips=round(batch * len(samples) / wall, 2) if wall > 0 else float("inf"),
                   rss_mb=_r(rss_mb(), 1), peak_rss_mb=_r(peak_rss_mb(), 1),
                   samples_ms=[_r(s, 4) for s in kept], output_shapes={k: list(v) for k, v in shapes.items()})
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                iters: dict[str, int] | int = 1, log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Time every variant ``rounds`` times, interleaved: odd rounds run the variants in order,
+    even rounds in reverse (A B C, C B A, ...). One sample = mean ms of ``iters`` calls.
+    ``warmup`` untimed calls per variant come first, also interleaved."""
+    names = list(variants)
+    it = (lambda k: iters) if isinstance(iters, int) else (lambda k: iters.get(k, 1))
+    for _ in range(warmup):
+        for k in names:
+            variants[k]()
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            n = it(k)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                variants[k]()
+            samples[k].append((time.perf_counter() - t0) / n * 1e3)
+        if log:
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k}={samples[k][-1]:.1f}" for k in names))
+    return samples
+
 
 
 def _r(v: float | None, nd: int = 4) -> float | None:
