@@ -157,3 +157,30 @@ def test_declared_preprocessing_that_is_not_implemented_is_refused(bundle_copy, 
     (bundle_copy / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(BundleError, match=key):
         Bundle.open(bundle_copy).preprocess
+
+
+def test_bench_gates_each_candidate_on_golden_outputs_and_select_skips_a_wrong_one(bundle_copy):
+    import onnx
+    from onnx import numpy_helper
+
+    from veca_deploy.bundle.reader import Bundle
+    from veca_deploy.selector.candidates import candidates
+    from veca_deploy.selector.profile import measure_candidates
+    from veca_deploy.selector.select import select
+
+    rel = "onnx/c32_28x28.onnx"
+    m = onnx.load(str(bundle_copy / rel))
+    t = next(t for t in m.graph.initializer if len(t.dims) == 2)
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 0.5, t.name))
+    onnx.save(m, str(bundle_copy / rel))
+    _rehash(bundle_copy, rel)
+    b = Bundle.open(bundle_copy)
+    cands = candidates(b, ["onnxruntime"])
+    prof = measure_candidates(b, cands, count=5, warmup=1)
+    bad = prof.entries["onnx-fp32-c32-28x28@c32"]
+    assert bad["timing"] is None and "wrong numbers vs the golden outputs" in bad["error"]
+    good = prof.entries["onnx-fp32-c16-28x28@c16"]
+    assert good["gate"]["passed"] and good["gate"]["images"] >= 2 and good["gate"]["min_cosine"] > 0.9999
+    sel = select(b, 10_000, backend="onnxruntime", profile=prof)
+    assert sel.chosen.cand.artifact.id != "onnx-fp32-c32-28x28"
+    assert any("onnx-fp32-c32-28x28" in s for s in sel.skipped)

@@ -20,7 +20,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..bundle.reader import Bundle
+from ..compare.comparator import compare, run_outputs
+from ..compare.golden import Golden
 from ..errors import BackendUnavailable, BundleError, VecaError
+from ..formats import parity_options
 from ..runtimes import IMAGES, CORE_SELECT, core_select, create_runner
 from ..runtimes.fingerprint import device_fingerprint, device_id
 from ..runtimes.timing import Timing, measure
@@ -125,8 +128,7 @@ def runner_options(backend: str, threads: int | None = None, extra: dict[str, An
     opts: dict[str, Any] = {}
     if threads:
         opts["threads"] = int(threads)
-    if backend == "openvino":
-        opts["inference_precision"] = "f32"  # what the parity gate checked; bf16 must be chosen deliberately
+    opts.update(parity_options(backend))  # what the parity gate checked; bf16 must be chosen deliberately
     opts.update(extra or {})
     return opts
 
@@ -139,8 +141,9 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
 
     One runner per artifact (an elastic artifact is loaded once and timed at each tier; its cold
     start is recorded on its first tier). A candidate whose backend is missing is skipped; one
-    that fails to load or fails the output sanity check is recorded with its error, so the
-    selector never picks it and the bench table shows why.
+    that fails to load, computes numbers that fail its precision's gate against the bundle's golden
+    outputs *on this device with these runner settings*, or fails the output sanity check is
+    recorded with its error, so the selector never picks it and the bench table shows why.
     """
     cands = list(cands)
     dev_fp = device_fingerprint(threads)
@@ -152,6 +155,8 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
         by_art.setdefault(c.artifact.id, []).append(c)
     report = progress or (lambda *a, **k: None)
     report("profiling", advance=0, total=len(cands))
+    pre = bundle.preprocess
+    golden = Golden.of(bundle.root, bundle.manifest, pre)
     for group in by_art.values():
         art = group[0].artifact
         backend = group[0].backend
@@ -172,15 +177,35 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
             for c in group:
                 report(f"{art.id} C={c.cores}")
                 try:
+                    gate = golden_gate(runner, golden, c)
+                    if gate is not None and not gate["passed"]:
+                        raise BundleError(f"{art.id} C={c.cores}: wrong numbers vs the golden outputs here: "
+                                          + "; ".join(gate["failures"][:2]))
                     t = measure(runner, example_feed(c), count=count, duration_s=duration_s, warmup=warmup,
                                 where=f"{art.id} C={c.cores}")
                     profile.entries[c.key] = _entry(c, t, None, _describe(runner), threads)
+                    profile.entries[c.key]["gate"] = gate
                 except VecaError as e:
                     profile.entries[c.key] = _entry(c, None, " ".join(str(e).split()), _describe(runner), threads)
         finally:
             if runner is not None:
                 runner.close()
     return profile
+
+
+def golden_gate(runner, golden: Golden | None, c: Candidate) -> dict[str, Any] | None:
+    """The candidate as configured here, on the bundle's golden inputs, against the golden outputs
+    by its precision's gate (None when the bundle carries no golden data for this tier)."""
+    a = c.artifact
+    if golden is None or not golden.has(c.cores, a.height, a.width):
+        return None
+    ref = golden.reference(c.cores, a.height, a.width)
+    got = run_outputs(runner, golden.inputs(a.height, a.width), cores=c.cores if a.elastic else None,
+                      batch=a.batch, patch_rows=ref.patch_rows)
+    rep = compare(ref.outputs, got, artifact=a.id, precision=a.precision, cores=c.cores)
+    return {"passed": rep.passed, "reference": ref.source, "images": rep.images, "precision": a.precision,
+            "min_cosine": round(min((o.cosine for o in rep.outputs.values()), default=float("nan")), 6),
+            "failures": rep.failures}
 
 
 def _describe(runner) -> dict[str, Any]:
