@@ -184,3 +184,28 @@ def test_bench_gates_each_candidate_on_golden_outputs_and_select_skips_a_wrong_o
     sel = select(b, 10_000, backend="onnxruntime", profile=prof)
     assert sel.chosen.cand.artifact.id != "onnx-fp32-c32-28x28"
     assert any("onnx-fp32-c32-28x28" in s for s in sel.skipped)
+
+
+def test_run_loop_never_exceeds_an_artifacts_max_batch(bundle_copy, monkeypatch):
+    """A dynamic graph whose manifest caps a call (a TensorRT profile's max) gets at most that
+    many images per call from every check (validate included), and the same numbers."""
+    from veca_deploy.bundle.io import write_manifest
+    from veca_deploy.runtimes.onnxrt import OnnxRuntimeRunner
+
+    sizes: list[int] = []
+    real = OnnxRuntimeRunner.infer
+
+    def spy(self, feed, *a, **k):
+        sizes.append(int(feed["images"].shape[0]))
+        return real(self, feed, *a, **k)
+
+    m = read_manifest(bundle_copy)
+    dynamic = [a for a in m.artifacts if a.format == "onnx" and not isinstance(a.batch, int)]
+    assert dynamic  # golden inputs hold 4 images at 28x28: more than one call each
+    for a in dynamic:
+        a.max_batch = 2
+    write_manifest(bundle_copy, m)
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer", spy)
+    results = validate_bundle(bundle_copy, backends="onnxruntime")
+    assert results and all(r.ok for r in results), [r.detail for r in results]
+    assert sizes and max(sizes) == 2 and len(sizes) >= 2 * len(dynamic), sizes

@@ -169,6 +169,7 @@ class Target:
     elastic: bool = False
     batch: int | str = "dynamic"
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    max_batch: int | None = None  # a dynamic graph's ceiling per call (a TensorRT profile's max)
 
     @classmethod
     def of(cls, root: str | os.PathLike, art: Artifact, options: dict[str, Any] | None = None,
@@ -176,20 +177,25 @@ class Target:
         """The artifact as a check runs it: its own backend with that backend's parity settings."""
         backend = backend or format_backend(art.format)
         opts = {**parity_options(backend), **(options or {})}
-        return cls(Path(root) / art.path, backend, art.path, art.precision, art.elastic, art.batch, opts)
+        return cls(Path(root) / art.path, backend, art.path, art.precision, art.elastic, art.batch, opts,
+                   art.max_batch)
 
     def runner(self) -> Runner:
         return create_runner(self.backend, self.path, **self.options)
 
 
 def run_outputs(runner: Runner, x: np.ndarray, *, cores: int | None = None, batch: int | str = "dynamic",
-                chunk: int | None = None, patch_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                chunk: int | None = None, patch_rows: np.ndarray | None = None,
+                max_batch: int | None = None) -> dict[str, np.ndarray]:
     """All outputs of ``runner`` on ``x`` (float32 NCHW), in batches: a fixed-batch graph gets
     exactly ``batch`` images per call (the last call padded), a dynamic one ``chunk`` (default
-    from the resolution). ``cores`` feeds an elastic graph's ``core_select``; ``patch_rows``
-    keeps only those patch rows of each batch (bounded memory for high-resolution checks)."""
+    from the resolution), never more than ``max_batch``. ``cores`` feeds an elastic graph's
+    ``core_select``; ``patch_rows`` keeps only those patch rows of each batch (bounded memory
+    for high-resolution checks)."""
     fixed = batch if isinstance(batch, int) else None
     bs = fixed or chunk or default_batch(int(x.shape[2]), int(x.shape[3]))
+    if fixed is None and max_batch:
+        bs = min(bs, int(max_batch))
     outs: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(x), bs):
         xb = x[i:i + bs]
@@ -224,7 +230,7 @@ class Comparator:
     def outputs(self, target: Target, x: np.ndarray, cores: int, patch_rows: np.ndarray | None = None,
                 chunk: int | None = None) -> dict[str, np.ndarray]:
         return run_outputs(self.runner(target), x, cores=cores if target.elastic else None, batch=target.batch,
-                           chunk=chunk, patch_rows=patch_rows)
+                           chunk=chunk, patch_rows=patch_rows, max_batch=target.max_batch)
 
     def check(self, target: Target, x: np.ndarray, reference: Reference, cores: int,
               precision: str | None = None, gate: Gate | None = None) -> ParityReport:

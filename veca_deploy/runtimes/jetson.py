@@ -5,7 +5,12 @@ A TensorRT plan only runs on the GPU model and TensorRT version that built it, s
 carries a fingerprint and the runner compares it before deserializing. The power state
 (``nvpmodel`` mode, clocks) does not affect compatibility but can change latency several-fold
 on Jetson, so measurements record it. Everything here degrades to ``None`` rather than raising
-when a fact cannot be read; only ``import_*`` and ``cuda_check`` raise (typed).
+when a fact cannot be read (cuda-python without a driver raises ``RuntimeError`` from its first
+call; that is caught too); only ``import_*``, ``cuda_check`` and ``require_gpu`` raise (typed).
+
+A driver that is too old for the cuda-python in use (cuda-python 13 on a CUDA 12 driver,
+``cudaErrorInsufficientDriver``) is reported as exactly that, with both versions, never as
+"no GPU".
 """
 
 from __future__ import annotations
@@ -50,9 +55,45 @@ def import_cudart() -> Any:
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[no-redef]
-        except (ImportError, OSError) as e:
+        except (ImportError, OSError, RuntimeError) as e:
             raise BackendUnavailable(f"cuda-python is not usable here ({first_line(e, 200)}); {CUDA_INSTALL_HINT}") from None
+    except (OSError, RuntimeError) as e:
+        raise BackendUnavailable(f"cuda-python is not usable here ({first_line(e, 200)}); {CUDA_INSTALL_HINT}") from None
     return cudart
+
+
+def cuda_python_version() -> str | None:
+    """The installed cuda-python package version (newer releases ship the bindings as ``cuda-bindings``)."""
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def major_of(version: Any) -> int | None:
+    """``"10.3.0.30"`` -> 10, ``"12.6"`` -> 12; None when unreadable."""
+    m = re.match(r"\s*(\d+)", str(version or ""))
+    return int(m.group(1)) if m else None
+
+
+def network_flags(trt: Any) -> tuple[int, str]:
+    """``create_network`` flags for a strongly typed network, and how strong typing is obtained.
+
+    TensorRT 10 needs ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; from TensorRT 11 on every
+    network is strongly typed and the flag is deprecated (ignored), so it is not passed."""
+    enum = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    flag = getattr(enum, "STRONGLY_TYPED", None)
+    major = major_of(getattr(trt, "__version__", None))
+    if major is not None and major >= 11:
+        return 0, f"default (TensorRT {major})"
+    if flag is None:
+        raise BackendUnavailable(f"TensorRT {getattr(trt, '__version__', '?')} has no strongly typed networks; "
+                                 "veca-deploy needs TensorRT 10 or later (JetPack 6.1+)")
+    return 1 << int(flag), "STRONGLY_TYPED flag"
 
 
 def cuda_check(result: Any, what: str = "CUDA call") -> Any:
@@ -89,31 +130,94 @@ def _cuda_version(v: int) -> str:
 
 
 def device_fingerprint(device: int = 0) -> dict[str, Any]:
-    """What a TensorRT plan is tied to, read from this machine. Missing libraries or GPU leave
-    ``None`` values (never raises), so the CLI can report what is missing instead of crashing."""
+    """What a TensorRT plan is tied to, read from this machine. Missing libraries, driver or GPU
+    leave ``None`` values and never raise (cuda-python without a driver raises ``RuntimeError``
+    from its first call: caught), so the CLI can report what is missing instead of crashing;
+    ``cuda_error`` keeps the first CUDA failure for :func:`gpu_problem`."""
     fp: dict[str, Any] = {"gpu_name": None, "compute_capability": None, "integrated": None,
                           "gpu_memory_bytes": None, "tensorrt": None, "cuda_runtime": None,
-                          "cuda_driver": None, "l4t": None, "jetpack": None}
+                          "cuda_driver": None, "cuda_python": None, "cuda_error": None, "l4t": None, "jetpack": None}
     try:
         fp["tensorrt"] = import_tensorrt().__version__
-    except BackendUnavailable:
+    except (BackendUnavailable, AttributeError, RuntimeError):
         pass
+    fp["cuda_python"] = cuda_python_version()
     try:
         cudart = import_cudart()
-        fp["cuda_runtime"] = _cuda_version(int(cuda_check(cudart.cudaRuntimeGetVersion())))
-        fp["cuda_driver"] = _cuda_version(int(cuda_check(cudart.cudaDriverGetVersion())))
-        prop = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-        name = prop.name
-        fp["gpu_name"] = (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
-        fp["compute_capability"] = f"{prop.major}.{prop.minor}"
-        fp["integrated"] = bool(prop.integrated)
-        fp["gpu_memory_bytes"] = int(prop.totalGlobalMem)
-    except (BackendUnavailable, AttributeError, TypeError, ValueError):
-        pass
+    except BackendUnavailable as e:
+        fp["cuda_error"] = str(e)
+        cudart = None
+    if cudart is not None:
+        steps = (("cuda_runtime", lambda: _runtime_version(cudart)), ("cuda_driver", lambda: _driver_version(cudart)),
+                 ("device", lambda: _device_facts(cudart, device, fp)))
+        for key, step in steps:
+            try:
+                value = step()
+            except BackendUnavailable as e:  # a CUDA error code, e.g. cudaErrorInsufficientDriver
+                fp["cuda_error"] = fp["cuda_error"] or str(e)
+                continue
+            except (RuntimeError, OSError) as e:  # no driver library: every later call fails alike
+                fp["cuda_error"] = fp["cuda_error"] or f"{type(e).__name__}: {first_line(e, 200)}"
+                break
+            except (AttributeError, TypeError, ValueError) as e:  # unexpected binding shapes
+                fp["cuda_error"] = fp["cuda_error"] or f"{type(e).__name__}: {first_line(e, 200)}"
+                continue
+            if key != "device":
+                fp[key] = value
     rel = tegra_release()
     if rel:
         fp["l4t"], fp["jetpack"] = rel["l4t"], rel["jetpack"]
     return fp
+
+
+def _runtime_version(cudart: Any) -> str:
+    return _cuda_version(int(cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")))
+
+
+def _driver_version(cudart: Any) -> str | None:
+    v = int(cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion"))
+    return _cuda_version(v) if v > 0 else None  # 0: no driver installed
+
+
+def _device_facts(cudart: Any, device: int, fp: dict[str, Any]) -> None:
+    prop = cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = prop.name
+    fp["gpu_name"] = (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
+    fp["compute_capability"] = f"{prop.major}.{prop.minor}"
+    fp["integrated"] = bool(prop.integrated)
+    fp["gpu_memory_bytes"] = int(prop.totalGlobalMem)
+
+
+def gpu_problem(fp: dict[str, Any]) -> str | None:
+    """Why no engine can be built or run here, in one line naming the versions involved; None
+    when a GPU is usable. A driver older than cuda-python's CUDA is said as such, not as "no GPU"."""
+    if fp.get("gpu_name"):
+        return None
+    err = str(fp.get("cuda_error") or "")
+    runtime, driver, pkg = fp.get("cuda_runtime"), fp.get("cuda_driver"), fp.get("cuda_python")
+    pkg_s = f"cuda-python {pkg}" if pkg else "cuda-python"
+    built_for = f" (built for CUDA {runtime})" if runtime else ""
+    too_old = "InsufficientDriver" in err or (
+        major_of(runtime) is not None and major_of(driver) is not None and major_of(driver) < major_of(runtime))
+    if too_old:
+        wanted = f"cuda-python=={driver}.*" if driver else "the cuda-python release matching the driver's CUDA"
+        return (f"the NVIDIA driver is too old for {pkg_s}{built_for}: the driver supports CUDA "
+                f"{driver or 'unknown'} ({err.split(': ')[-1] if err else 'cudaErrorInsufficientDriver'}); "
+                f"install {wanted} or update the driver")
+    if err.startswith("cuda-python is not usable here"):
+        return err
+    if driver is None and ("RuntimeError" in err or "OSError" in err or "libcuda" in err or runtime is None):
+        return (f"no NVIDIA driver is usable here ({pkg_s}{built_for}: {err or 'cudaDriverGetVersion reports none'}); "
+                "build and run engines on the device, with its driver installed")
+    return (f"no CUDA GPU is visible ({err or 'cudaGetDeviceProperties failed'}; driver CUDA {driver or 'unknown'}, "
+            f"{pkg_s}{built_for}); build engines on the device")
+
+
+def require_gpu(fp: dict[str, Any]) -> None:
+    """:class:`BackendUnavailable` with :func:`gpu_problem`'s reason when no GPU is usable."""
+    problem = gpu_problem(fp)
+    if problem:
+        raise BackendUnavailable(problem)
 
 
 def fingerprint_matches(sidecar: dict[str, Any], current: dict[str, Any]) -> tuple[bool, str]:

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, BundleError, InputError
-from .base import CORE_SELECT, Runner, TensorSpec
+from ..errors import BackendUnavailable, BundleError, InputError, first_line
+from .base import CORE_SELECT, IMAGES, Runner, TensorSpec
 from .jetson import (cuda_check, device_fingerprint, fingerprint_matches, import_cudart, import_tensorrt,
-                     jetson_power_state)
+                     jetson_power_state, require_gpu)
 
 REBUILD_HINT = "rebuild with veca-deploy build-trt on this device"
 _LOGGER: Any = None
@@ -56,6 +56,23 @@ def trt_logger(trt: Any) -> Any:
 
         _LOGGER = _CollectingLogger()
     return _LOGGER
+
+
+def start_trt(trt: Any, what: str, logger: Any, fp: dict[str, Any]) -> Any:
+    """``trt.Builder(logger)`` / ``trt.Runtime(logger)``. Both fail (pybind: TypeError on the
+    null object; None in some releases) when TensorRT cannot initialize CUDA, typically a
+    TensorRT built for a newer CUDA than the driver: one line with both versions."""
+    try:
+        obj = getattr(trt, what)(logger)
+    except (TypeError, RuntimeError) as e:
+        obj, why = None, first_line(e, 160)
+    else:
+        why = ""
+    if obj is None:
+        raise BackendUnavailable(f"TensorRT {trt.__version__} cannot start on this device ({logger.last_error()}"
+                                 f"{'; ' + why if why else ''}); the driver supports CUDA {fp.get('cuda_driver') or 'unknown'}: "
+                                 "install the TensorRT build for that CUDA (on Jetson: JetPack's)")
+    return obj
 
 
 def read_sidecar(plan_path: Any) -> dict[str, Any]:
@@ -101,6 +118,8 @@ class TensorRTRunner(Runner):
         device = int(self.options.get("device", 0))
         current = device_fingerprint(device)
         current["tensorrt"] = trt.__version__
+        require_gpu(current)  # a too-old driver is said as such (with versions), not as a foreign plan
+        self._current = current
         if self.options.get("verify_fingerprint", True):
             ok, reason = fingerprint_matches(self.sidecar, current)
             if not ok:
@@ -129,14 +148,16 @@ class TensorRTRunner(Runner):
         self._profile = -1
         logger = trt_logger(trt)
         logger.reset()
-        self._runtime = trt.Runtime(logger)
+        self._runtime = start_trt(trt, "Runtime", logger, self._current)
         try:
             plan = self.path.read_bytes()
         except OSError as e:
             raise BundleError(f"{self.path.name}: cannot read plan ({e.strerror})") from None
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise BundleError(f"{self.path.name}: TensorRT cannot deserialize it ({logger.last_error()}); {REBUILD_HINT}")
+            built = self.sidecar.get("fingerprint", {}).get("tensorrt") or "an unrecorded version"
+            raise BundleError(f"{self.path.name}: TensorRT {trt.__version__} cannot deserialize it (built with "
+                              f"TensorRT {built}; {logger.last_error()}); {REBUILD_HINT}")
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise BackendUnavailable(f"{self.path.name}: cannot create an execution context ({logger.last_error()})")
@@ -231,6 +252,13 @@ class TensorRTRunner(Runner):
         self.activate()
         return list(self._outputs)
 
+    @property
+    def max_batch(self) -> int | None:
+        """Largest ``images`` batch any profile accepts (None without an ``images`` input)."""
+        self.activate()
+        his = [int(rng[IMAGES][1][0]) for rng in self._ranges if IMAGES in rng]
+        return max(his) if his else None
+
     def describe(self) -> dict[str, Any]:
         desc = dict(getattr(self, "_desc", {"backend": self.backend}))
         if getattr(self, "_graph_error", None):
@@ -241,8 +269,15 @@ class TensorRTRunner(Runner):
     def _select_profile(self, p: int, force: bool = False) -> None:
         if p == self._profile and not force:
             return
-        if not self._context.set_optimization_profile_async(p, int(self._stream)):
-            raise BackendUnavailable(f"{self.path.name}: cannot select optimization profile {p}")
+        # the bindings raise RuntimeError on failure (and return True); older docs say False: take both
+        try:
+            ok = self._context.set_optimization_profile_async(p, int(self._stream))
+        except RuntimeError as e:
+            ok, why = False, first_line(e, 200)
+        else:
+            why = trt_logger(self._trt).last_error()
+        if not ok:
+            raise BackendUnavailable(f"{self.path.name}: cannot select optimization profile {p} ({why})")
         cuda_check(self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         for n, b in self._bindings.items():  # addresses are fixed; re-set after a profile switch
             self._context.set_tensor_address(n, b.device)

@@ -155,7 +155,10 @@ class Runtime:
         x = self._prepare(images, rung.cand.tier)
         n = x.shape[0]
         fixed = art.batch if isinstance(art.batch, int) else None
-        chunks = [x] if fixed is None else [x[i:i + fixed] for i in range(0, n, fixed)]
+        # a fixed-batch graph gets exactly its batch per call (the last one padded); a dynamic one
+        # with a ceiling (a TensorRT engine's profile max) at most max_batch images per call
+        step = fixed or (art.max_batch if isinstance(art.max_batch, int) and art.max_batch > 0 else None)
+        chunks = [x] if step is None else [x[i:i + step] for i in range(0, n, step)]
         lock = self._run_locks.get(art.id)
         outs: list[dict[str, np.ndarray]] = []
         elapsed = 0.0
