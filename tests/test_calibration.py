@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,22 +95,39 @@ def test_image_folder_recursive_with_force(tmp_path):
 
 
 @needs_fmnist
-def test_int8_cache_hit_is_fast_and_changed_data_is_not_stale(tiny_bundle, tmp_path):
+def _needs_calibration_cache() -> None:
+    from veca_deploy.calibration.onnx_quant import calibration_cache_supported
+
+    if not calibration_cache_supported():
+        import onnxruntime
+
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} has no quantize_static(calibration_cache_path=) "
+                    "(1.27+; Python 3.10 tops out at 1.23): it calibrates every time")
+
+
+def test_int8_cache_hit_is_fast_and_changed_data_is_not_stale(tiny_bundle, tmp_path, monkeypatch):
+    """A hit reuses the stored ranges (ORT's calibrator is never run: counted, not timed), gives
+    the identical graph, and changed data is a miss."""
+    _needs_calibration_cache()
+    import importlib
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
+
     from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
     from veca_deploy.convert.trt_check import check_onnx_for_tensorrt
 
+    calls: list[int] = []
+    real = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
     src = tiny_bundle / "onnx" / "c8_28x28.onnx"
     cal = load_calibration("fashion-mnist", PRE, (28, 28), count=300)
-    t0 = time.perf_counter()
     first = quantize_onnx_int8(src, tmp_path / "a.onnx", cal, OrtRecipe(), cache_dir=str(tmp_path / "cache"))
-    t_miss = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    calibrated_first = len(calls)
     second = quantize_onnx_int8(src, tmp_path / "b.onnx", cal, OrtRecipe(), cache_dir=str(tmp_path / "cache"))
-    t_hit = time.perf_counter() - t0
     assert (first["calibration_cache"], second["calibration_cache"]) == ("miss", "hit")
     assert first["cache_key"] == second["cache_key"]
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-    assert t_hit < t_miss
+    assert calibrated_first >= 1 and len(calls) == calibrated_first, "a cache hit must not calibrate again"
     changed = load_calibration("fashion-mnist", PRE, (28, 28), count=300, seed=7)
     third = quantize_onnx_int8(src, tmp_path / "c.onnx", changed, OrtRecipe(), cache_dir=str(tmp_path / "cache"))
     assert third["calibration_cache"] == "miss" and third["cache_key"] != first["cache_key"]
@@ -148,6 +164,7 @@ def test_int8_with_relative_paths_and_cache(tiny_bundle, tmp_path, monkeypatch):
     """Regression: `export --out bundles/x` (a relative bundle path) failed in INT8 because ORT's
     pre-processing runs in a temporary working directory; relative inputs, outputs and cache
     folders must all resolve against the caller's directory."""
+    _needs_calibration_cache()
     import shutil
 
     from veca_deploy.calibration.onnx_quant import quantize_onnx_int8

@@ -5,22 +5,29 @@ Classifier bundles (a ``logits`` output) report top-1 on labelled data (Fashion-
 by default: calibration only ever draws from TRAIN). Backbone-only bundles report the mean
 cosine of every feature output against the FP32 ONNX graph in ONNX Runtime on the same held-out
 images. Quantized results are gated against FP32 at the same tier and backend.
+
+Memory is bounded by the models and one batch, not by the evaluation set: images are
+preprocessed one batch at a time (``default_batch(h, w)``, the comparator's resolution-sized
+batch), top-1 counts and per-image cosines are accumulated per batch, and the FP32 reference
+outputs a cosine is taken against are computed once per (tier, size) and spilled to a
+temporary folder batch by batch, then read back batch by batch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..bundle.manifest import Artifact, Manifest
 from ..errors import QuantizationError, UsageError
 from ..preprocess import Preprocess
-from ..compare.comparator import Target, run_outputs
+from ..compare.comparator import Target, default_batch, run_outputs
 from ..runtimes import FORMAT_BACKEND, backend_available
 
 #: Largest top-1 drop (points) of an FP16/INT8 artifact vs FP32 at the same tier, and the
@@ -36,7 +43,7 @@ COSINE_GATE_SAMPLES = 256
 
 @dataclass
 class EvalData:
-    images: dict[tuple[int, int], np.ndarray]  # preprocessed per (h, w)
+    images: dict[tuple[int, int], np.ndarray]  # preprocessed per (h, w), filled only by images_at
     labels: np.ndarray | None
     name: str
     raw: Any = field(default=None, repr=False)
@@ -78,13 +85,26 @@ def load_eval_data(data: str | os.PathLike | np.ndarray, pre: Preprocess, limit:
 
 
 def images_at(data: EvalData, pre: Preprocess, size: tuple[int, int]) -> np.ndarray:
+    """The whole evaluation set preprocessed to ``size`` as one array, cached in ``data.images``.
+
+    **Materialises every image** (10 000 x 3 x 224 x 224 float32 is 6 GB): for the recipe study
+    (:mod:`veca_deploy.calibration.study`) on small models. :func:`measure_accuracy` streams
+    :func:`eval_batches` instead."""
+    if size not in data.images:
+        data.images[size] = np.concatenate([x for _, x in eval_batches(data, pre, size)])
+    return data.images[size]
+
+
+def eval_batches(data: EvalData, pre: Preprocess, size: tuple[int, int],
+                 batch: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, images)`` batches of the evaluation set preprocessed to ``size``, one at a
+    time (default size ``default_batch(h, w)``)."""
     from .data import preprocess_raw
 
-    if size not in data.images:
-        raw = data.raw
-        data.images[size] = np.concatenate([preprocess_raw(raw[i:i + 2000], pre, size, data.name, 3)
-                                            for i in range(0, len(raw), 2000)])
-    return data.images[size]
+    bs = int(batch or default_batch(*size))
+    raw = data.raw
+    for i in range(0, len(raw), bs):
+        yield i, preprocess_raw(raw[i:i + bs], pre, size, data.name, 3)
 
 
 def run_artifact(root: Path, art: Artifact, x: np.ndarray, cores: int, backend: str | None = None,
@@ -93,13 +113,43 @@ def run_artifact(root: Path, art: Artifact, x: np.ndarray, cores: int, backend: 
     (batches sized from the resolution, fixed-batch graphs padded, parity runner settings)."""
     target = Target.of(root, art, options, backend)
     with target.runner() as r:
-        return run_outputs(r, x, cores=cores if art.elastic else None, batch=art.batch)
+        return run_outputs(r, x, cores=cores if art.elastic else None, batch=art.batch, max_batch=art.max_batch)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image cosine of two output batches (each image flattened), float64."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)))
+    return float(np.mean(cosines(a, b)))
+
+
+class _Spill:
+    """Reference outputs of one (tier, size), one ``.npz`` per evaluation batch on disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, start: int) -> Path:
+        return self.folder / f"{start:09d}.npz"
+
+    def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
+        np.savez(self._path(start), **outputs)
+
+    def read(self, start: int) -> dict[str, np.ndarray]:
+        with np.load(self._path(start), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def _artifact_batches(runner, art: Artifact, data: EvalData, pre: Preprocess, cores: int
+                      ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(start, outputs)`` of ``art`` at ``cores`` per evaluation batch (the comparator's loop)."""
+    for start, x in eval_batches(data, pre, art.size):
+        yield start, run_outputs(runner, x, cores=cores if art.elastic else None, batch=art.batch, max_batch=art.max_batch)
 
 
 def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preprocess, manifest: Manifest,
@@ -111,44 +161,69 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
     """
     report = progress or (lambda *a, **k: None)
     results: dict[str, dict[str, Any]] = {}
-    ref_cache: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
-    for art in arts:
-        backend = FORMAT_BACKEND[art.format]
-        if not backend_available(backend):
-            continue
-        per_tier: dict[str, float] = {}
-        metric = "top1" if ("logits" in art.outputs and data.labels is not None) else "cosine"
-        if metric == "cosine" and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
-                                      for c in art.tiers):
-            # the graph every other artifact's features are compared with: nothing to measure
-            results[art.id] = {"dataset": data.name, "samples": 0, "backend": backend, "metric": "cosine",
-                               "reference": True}
-            continue
-        x = images_at(data, pre, art.size)
+    with tempfile.TemporaryDirectory(prefix="veca-eval-") as tmp:
+        spills: dict[tuple[int, int, int], _Spill] = {}
+        for art in arts:
+            rec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp))
+            if rec is not None:
+                results[art.id] = rec
+    return results
+
+
+def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,
+                 report: Callable[..., None], spills: dict[tuple[int, int, int], "_Spill"],
+                 tmp: Path) -> dict[str, Any] | None:
+    backend = FORMAT_BACKEND[art.format]
+    if not backend_available(backend):
+        return None
+    per_tier: dict[str, float] = {}
+    metric = "top1" if ("logits" in art.outputs and data.labels is not None) else "cosine"
+    if metric == "cosine" and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
+                                  for c in art.tiers):
+        # the graph every other artifact's features are compared with: nothing to measure
+        return {"dataset": data.name, "samples": 0, "backend": backend, "metric": "cosine", "reference": True}
+    with Target.of(root, art, None, backend).runner() as runner:
         for c in art.tiers:
             report(f"eval {art.id} c={c}", advance=0)
-            out = run_artifact(root, art, x, c, backend)
             if metric == "top1":
-                per_tier[str(c)] = float((out["logits"].argmax(-1) == data.labels).mean())
-            else:
-                key = (c, *art.size)
-                if key not in ref_cache:
-                    ref = _fp32_onnx(manifest, c, art.size)
-                    if ref is None:
-                        raise QuantizationError(f"{art.id}: no FP32 ONNX artifact at c={c} {art.height}x{art.width} "
-                                                "to compare features against")
-                    ref_cache[key] = out if ref.id == art.id else run_artifact(root, ref, x, c, "onnxruntime")
-                per_tier[str(c)] = min(mean_cosine(out[k], ref_cache[key][k]) for k in ref_cache[key] if k in out)
-        rec: dict[str, Any] = {"dataset": data.name, "samples": data.samples, "backend": backend,
-                               "metric": metric}
-        if backend == "openvino":
-            rec["inference_precision"] = "f32"
-        if art.elastic:
-            rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}
-        else:
-            rec["top1" if metric == "top1" else "cosine"] = round(next(iter(per_tier.values())), 6)
-        results[art.id] = rec
-    return results
+                correct = 0
+                for start, out in _artifact_batches(runner, art, data, pre, c):
+                    labels = data.labels[start:start + len(out["logits"])]
+                    correct += int((out["logits"].argmax(-1) == labels).sum())
+                per_tier[str(c)] = correct / data.samples
+                continue
+            key = (c, *art.size)
+            ref = _fp32_onnx(manifest, c, art.size)
+            if ref is None:
+                raise QuantizationError(f"{art.id}: no FP32 ONNX artifact at c={c} {art.height}x{art.width} "
+                                        "to compare features against")
+            spill = spills.get(key)
+            fill = spill is None and ref.id == art.id  # this artifact is the reference: spill its own outputs
+            if spill is None:
+                spill = _Spill(tmp / f"c{c}_{art.height}x{art.width}")
+                if not fill:
+                    with Target.of(root, ref, None, "onnxruntime").runner() as rr:
+                        for start, out in _artifact_batches(rr, ref, data, pre, c):
+                            spill.write(start, out)
+                spills[key] = spill
+            cos: dict[str, list[np.ndarray]] = {}
+            for start, out in _artifact_batches(runner, art, data, pre, c):
+                if fill:
+                    spill.write(start, out)
+                want = out if fill else spill.read(start)
+                for k, v in want.items():
+                    if k in out:
+                        cos.setdefault(k, []).append(cosines(out[k], v))
+            per_tier[str(c)] = min(float(np.mean(np.concatenate(v))) for v in cos.values())
+    rec: dict[str, Any] = {"dataset": data.name, "samples": data.samples, "backend": backend,
+                           "metric": metric}
+    if backend == "openvino":
+        rec["inference_precision"] = "f32"
+    if art.elastic:
+        rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}
+    else:
+        rec["top1" if metric == "top1" else "cosine"] = round(next(iter(per_tier.values())), 6)
+    return rec
 
 
 def _fp32_onnx(manifest: Manifest, cores: int, size: tuple[int, int]) -> Artifact | None:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..bundle.io import sha256_file
 from ..errors import first_line, QuantizationError
 from . import cache
@@ -39,8 +41,10 @@ def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, re
 
         core = ov.Core()
         model = core.read_model(str(src_xml))
-        # one image per item: NNCF's statistics treat axis 0 as the sample axis
-        data = nncf.Dataset([cal.images[i:i + 1] for i in range(cal.count)])
+        # one image per item: NNCF's statistics treat axis 0 as the sample axis. Lazy and
+        # re-iterable: NNCF iterates the data source once per statistics pass (min/max, bias
+        # correction); each pass preprocesses one resolution-sized batch at a time.
+        data = nncf.Dataset(cal.samples(), np.ascontiguousarray)
         adv = AdvancedQuantizationParameters()
         if not recipe.smooth_quant:
             adv = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1,

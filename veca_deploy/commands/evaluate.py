@@ -30,7 +30,10 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, q
     rows: dict[tuple[str, str], dict[str, str]] = {}
     tiers: set[int] = set()
     for r in report["results"]:
-        vals = r.get("per_tier") or {str(r["cores"]): r.get("top1", r.get("cosine"))}
+        if r.get("reference"):  # the FP32 graph the others' features are compared with
+            vals = {str(c): None for c in r.get("tiers", [r["cores"]])}
+        else:
+            vals = r.get("per_tier") or {str(r["cores"]): r.get("top1", r.get("cosine"))}
         kind = "elastic" if r["elastic"] else "per-tier"
         key = (f"{r['precision']} {kind}", r["backend"])
         for c, v in vals.items():
@@ -43,7 +46,8 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, q
     for c in sorted(tiers):
         t.add_column(f"c={c}", justify="right")
     for (prec, backend), vals in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        fmt = (lambda v: f"{100 * v:.2f}%") if metric == "top1" else (lambda v: f"{v:.5f}")
+        fmt = (lambda v: "reference" if v is None else f"{100 * v:.2f}%") if metric == "top1" else \
+            (lambda v: "reference" if v is None else f"{v:.5f}")
         t.add_row(prec, backend, *[fmt(vals[str(c)]) if str(c) in vals else "-" for c in sorted(tiers)])
     out.print(t)
     fails = report["gate"]["failures"]

@@ -1,0 +1,95 @@
+"""Calibration never holds the whole set: images are decoded and preprocessed one batch at a
+time (issue 14). Peaks are Python-heap peaks from tracemalloc (numpy reports its buffers to it),
+compared with what the materialised float32 set would take, measured in the same run."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from veca_deploy.calibration.data import ImageFiles, MappedRows, load_calibration
+from veca_deploy.preprocess import Preprocess
+
+SIZE = (512, 512)
+N = 128  # 128 x 3 x 512 x 512 float32 = 403 MB materialised: 8 preprocessing batches of 16 (50 MB)
+BATCH_BYTES = 16 * 3 * SIZE[0] * SIZE[1] * 4
+#: what streaming may hold at once: the batch being read, the one just handed out, decoded
+#: source images and per-image temporaries (about 3 batches measured), never the set
+LIMIT = 4 * BATCH_BYTES
+
+
+def _peak(fn) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        out = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return out, peak
+
+
+def _photos(n: int, h: int = 600, w: int = 800) -> np.ndarray:
+    """Smooth, distinct synthetic RGB images (cheap to encode), larger than the model size."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.int32)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        for c in range(3):
+            out[i, ..., c] = (xx * (i + 1) + yy * 3 + 60 * c) % 256
+    return out
+
+
+def _drain(cal) -> int:
+    seen = 0
+    for feed in cal.reader(batch_size=16):
+        seen += len(feed["images"])
+    return seen
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    pil = pytest.importorskip("PIL.Image", reason="reading a folder of images needs Pillow")
+    d = tmp_path_factory.mktemp("photos")
+    for i, img in enumerate(_photos(N)):
+        pil.fromarray(img).save(d / f"{i:03d}.png", compress_level=1)
+    return d
+
+
+def test_folder_calibration_decodes_and_preprocesses_per_batch(folder):
+    full = N * 3 * SIZE[0] * SIZE[1] * 4
+    cal, load_peak = _peak(lambda: load_calibration(folder, Preprocess(), SIZE, count=N, force=True))
+    assert isinstance(cal.raw, ImageFiles) and cal.count == N
+    seen, read_peak = _peak(lambda: _drain(cal))
+    assert seen == N
+    # the digest pass and a full read each hold a few batches, never the set
+    assert full >= 2 * LIMIT and load_peak < LIMIT and read_peak < LIMIT, (load_peak, read_peak, full)
+    # and the streamed tensors are exactly the materialised ones (same digest as the one-shot hash)
+    import hashlib
+
+    x = cal.images
+    assert x.shape == (N, 3, *SIZE) and x.nbytes == full
+    h = hashlib.sha256(str(x.shape).encode())
+    h.update(x.tobytes())
+    assert h.hexdigest() == cal.digest
+
+
+def test_memory_mapped_npy_is_read_by_batch(tmp_path):
+    raw = _photos(N, 768, 1024)  # 302 MB of uint8 on disk: more than streaming may hold
+    np.save(tmp_path / "calib.npy", raw)
+    full_raw = raw.nbytes
+    del raw
+    cal, load_peak = _peak(lambda: load_calibration(tmp_path / "calib.npy", Preprocess(), SIZE, count=N, force=True))
+    assert isinstance(cal.raw, MappedRows) and cal.count == N
+    seen, read_peak = _peak(lambda: _drain(cal))
+    assert seen == N
+    full = N * 3 * SIZE[0] * SIZE[1] * 4
+    assert load_peak < LIMIT and read_peak < LIMIT and full_raw > LIMIT, (load_peak, read_peak, full, full_raw)
+
+
+def test_ort_calibration_batch_shrinks_for_histograms_at_high_resolution():
+    from veca_deploy.calibration.onnx_quant import BATCH, calibration_batch
+
+    assert calibration_batch("minmax", (1536, 1536)) == BATCH
+    assert calibration_batch("percentile", (128, 128)) == BATCH
+    assert calibration_batch("entropy", (512, 512)) == 1 and calibration_batch("percentile", (1536, 1536)) == 1
