@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,9 @@ import pytest
 import veca_deploy
 from veca_deploy.bundle.manifest import read_manifest
 from veca_deploy.cli import main
+from veca_deploy.data import fashion_mnist_available
 from veca_deploy.errors import (BackendUnavailable, BudgetError, BundleError, CheckpointError, InputError,
-                                OutputExistsError, QuantizationError, UsageError, VecaError)
+                                OutputExistsError, UsageError, VecaError)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,11 +79,72 @@ def cli_subprocess(*args: str, env: dict | None = None) -> subprocess.CompletedP
                           timeout=300, cwd=str(ROOT), env={**os.environ, **(env or {})})
 
 
-def test_exit_codes_are_distinct():
-    classes = [UsageError, CheckpointError, veca_deploy.errors.ExportError, BundleError, InputError,
-               BackendUnavailable, BudgetError, QuantizationError, OutputExistsError]
-    codes = [c.exit_code for c in classes]
-    assert len(set(codes)) == len(codes) and 1 not in codes and 70 not in codes and 0 not in codes
+def documented_exit_codes() -> dict[int, str]:
+    """exit code -> class name, from the table in docs/guarantees.md ('-' rows have no class)."""
+    rows = {}
+    for line in (ROOT / "docs" / "guarantees.md").read_text().splitlines():
+        m = re.match(r"^\|\s*(\d+)\s*\|\s*(`(\w+)`|-)", line)
+        if m:
+            rows[int(m.group(1))] = m.group(3) or "-"
+    return rows
+
+
+def test_exit_codes_are_distinct(tmp_path, tiny_bundle, capsys):
+    """The exit-code table users read (docs/guarantees.md) against what the CLI really returns: one
+    real bad input per row, through ``main``; ``--debug`` shows that the documented class is the
+    one raised. Codes are distinct and none collides with 0, 1 (uncaught), 70 (internal) or 74 (OS)."""
+    from onnx import TensorProto
+
+    from .test_tensorrt import make_bundle, qdq_graph, save
+
+    doc = documented_exit_codes()
+    classes = {n: c for n, c in vars(veca_deploy.errors).items()
+               if isinstance(c, type) and issubclass(c, VecaError) and c is not VecaError}
+    typed = {code: name for code, name in doc.items() if name != "-"}
+    assert sorted(typed.values()) == sorted(classes), "every error class has exactly one row in the table"
+    assert len(set(typed)) == len(typed) and not {0, 1, 70, 74, 130} & set(typed)
+    assert {0, 70, 74, 130} <= set(doc)
+
+    def ctx(name: str) -> Ctx:
+        (tmp_path / name).mkdir()
+        return Ctx(tmp=tmp_path / name, tiny=tiny_bundle)
+
+    np.save(tmp_path / "few.npy", np.random.default_rng(0).integers(0, 255, (50, 28, 28), dtype=np.uint8))
+    u8 = make_bundle(tmp_path / "u8", [{"src": save(qdq_graph(TensorProto.UINT8, 128), tmp_path / "u8.onnx"),
+                                        "precision": "int8", "cores": 8}])
+    real = {  # class -> a real bad input that the CLI refuses with it
+        "UsageError": r_budget_zero(ctx("usage")),
+        "CheckpointError": k_not_checkpoint(ctx("ckpt")),
+        "ExportError": ["check-trt", str(u8)],  # a UINT8-zero-point QDQ graph TensorRT would not build
+        "BundleError": b_schema(ctx("bundle")),
+        "BudgetError": r_no_profile(ctx("budget")),
+        "QuantizationError": ["quantize", str(ctx("quant").bundle()), "--precision", "int8", "--calib",
+                              str(tmp_path / "few.npy"), "-q"],
+        "OutputExistsError": p_out_exists(ctx("exists")),
+    }
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError):
+        real["BackendUnavailable"] = r_unavailable_backend(ctx("backend"))
+    for name, args in real.items():
+        code, _, err = run_main(args, capsys)
+        assert code == classes[name].exit_code, (name, code, err)
+        assert doc[code] == name, f"{' '.join(args[:1])} exits {code}, documented as {doc.get(code)}, raised {name}"
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        with pytest.raises(classes[name]):
+            main(["--debug", *args])
+    # InputError is the Python API's (no command takes a raw inference request): the class a bad
+    # request raises carries the documented code
+    with veca_deploy.Runtime.open(tiny_bundle, backend="onnxruntime", tiers=[8]) as r:
+        with pytest.raises(VecaError) as info:
+            r.predict(np.zeros((28, 28, 4), np.uint8))
+    assert doc[info.value.exit_code] == type(info.value).__name__ == "InputError"
+    if fashion_mnist_available():  # 74: the OS refused a write (here: the report's folder does not exist)
+        b = ctx("eval").bundle()
+        code, _, err = run_main(["eval", str(b), "--limit", "4", "--backend", "onnxruntime", "--no-write",
+                                 "--json", str(tmp_path / "no" / "such" / "r.json"), "-q"], capsys)
+        assert code == 74 and doc[74] == "-" and "No such file or directory" in err, (code, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------ the case table

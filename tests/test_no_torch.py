@@ -1,5 +1,6 @@
-"""The runtime path must work on an edge device without torch: package imports, Runtime.open +
-predict, and the bench/select CLI, each in a subprocess where ``import torch`` fails."""
+"""The runtime path must work on an edge device without torch: every module outside the torch
+side imports, Runtime.open + predict, and the bench/select CLI, each in a subprocess where
+``import torch`` fails. scripts/ci_device.sh runs the same commands in a venv without torch."""
 
 from __future__ import annotations
 
@@ -37,6 +38,82 @@ def _run(code: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code), *args], capture_output=True,
                           text=True, timeout=120, env=env, cwd=tmp)
+
+
+# The torch side of the package: only these may need torch (and the export extra's packages).
+TORCH_SIDE = ("veca_deploy.model", "veca_deploy.export")
+# What only the export extra installs (a device venv from ".[device]" has none of it), plus torchvision.
+EXPORT_ONLY = ("torch", "torchvision", "onnxscript", "onnxslim", "onnxsim", "safetensors")
+
+WALK = """
+    import importlib, json, pkgutil, sys, traceback
+
+    blocked = sys.argv[1].split(",")
+    for name in blocked:
+        sys.modules[name] = None  # `import name` now raises ImportError, like on a device without it
+    side = tuple(sys.argv[2].split(","))
+
+    def torch_side(name):
+        return any(name == s or name.startswith(s + ".") for s in side)
+
+    import veca_deploy
+
+    # pkgutil.walk_packages would import each package to recurse into it, the torch side too:
+    # the same walk, that never imports a torch-side package
+    def walk(path, prefix):
+        for info in pkgutil.iter_modules(path, prefix):
+            if torch_side(info.name):
+                continue
+            yield info.name
+            if info.ispkg:
+                mod = importlib.import_module(info.name)
+                yield from walk(mod.__path__, info.name + ".")
+
+    names, failed = ["veca_deploy"], {}
+    try:
+        for name in walk(veca_deploy.__path__, "veca_deploy."):
+            names.append(name)
+            try:
+                importlib.import_module(name)
+            except BaseException as e:  # noqa: BLE001 - report every module, whatever it raised
+                tb = traceback.extract_tb(e.__traceback__)
+                where = next((f"{f.filename}:{f.lineno}" for f in reversed(tb) if "importlib" not in f.filename), "?")
+                failed[name] = f"{type(e).__name__}: {e} (at {where})"
+    except BaseException as e:  # noqa: BLE001 - a package whose import fails stops the walk below it
+        failed["<walk>"] = f"{type(e).__name__}: {e}"
+    loaded_side = sorted(m for m in sys.modules if torch_side(m) and sys.modules[m] is not None)
+    print("RESULT", json.dumps({"names": names, "failed": failed, "loaded_side": loaded_side}))
+"""
+
+
+def _walk_without(blocked: tuple[str, ...], tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(WALK), ",".join(blocked), ",".join(TORCH_SIDE)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_every_device_module_imports_without_torch(tmp_path):
+    """Every module of the package outside the torch side imports with torch (and the rest of the
+    export extra) unimportable; the failure lists each module that needs them."""
+    r = _walk_without(EXPORT_ONLY, tmp_path)
+    assert not r["failed"], "modules outside the torch side that need torch or the export extra:\n" + "\n".join(
+        f"  {name}: {why}" for name, why in sorted(r["failed"].items()))
+    # the walk really covered the package (a broken walk must not pass as "nothing failed")
+    for name in ("veca_deploy.cli", "veca_deploy.runtimes.onnxrt", "veca_deploy.calibration.onnx_quant",
+                 "veca_deploy.commands.quantize"):
+        assert name in r["names"], f"{name} was not walked"
+    assert not any(n.startswith(TORCH_SIDE) for n in r["names"])
+
+
+def test_module_block_is_real(tmp_path):
+    """``sys.modules[name] = None`` really blocks: the torch side fails to import under it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import veca_deploy.model.veca"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert res.returncode != 0 and "torch" in res.stderr
 
 
 def test_blocker_really_blocks(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -252,22 +253,22 @@ def test_adaptive_steps_down_and_back_up(bundle):
 
 
 def test_adaptive_thread_safety(bundle):
+    """Four threads predict while the slowdown flips: every call is served by one consistent
+    (runner, tier) snapshot, so its outputs are exactly what that tier computes for that input."""
     hook = Slowdown()
     errors: list[BaseException] = []
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, object, dict[str, np.ndarray]]] = []  # (thread, tier that served, outputs)
     with veca_deploy.Runtime.open(bundle, budget_ms=10, backend="openvino", adaptive=True, window=2,
                                   patience=1, latency_hook=hook, measure=False) as rt:
-        rungs = set(rt.tiers)
-        assert len(rungs) == 4  # OpenVINO rungs: one infer request each, serialized by the runtime
+        rungs = list(rt.tiers)
+        assert len(set(rungs)) == 4  # OpenVINO rungs: one infer request each, serialized by the runtime
 
         def work(k: int) -> None:
             try:
                 for i in range(25):
                     hook.factor = 3.0 if (i // 5 + k) % 2 else 1.0
                     p = rt.predict(np.full((2, 30, 30), 7 * k, np.uint8))
-                    assert p.tier in rungs
-                    assert p["global"].shape[0] == 2 and np.isfinite(p["global"]).all()
-                    seen.append((p.tier.cores, p["patches"].shape[0]))
+                    seen.append((k, p.tier, dict(p.outputs)))
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
 
@@ -276,8 +277,29 @@ def test_adaptive_thread_safety(bundle):
             t.start()
         for t in threads:
             t.join()
+        switched_to = {rungs[level] for _, level, _ in rt.switches}
     assert not errors, errors[0]
-    assert len(seen) == 100
+    assert len(seen) == 100 and sorted(k for k, _, _ in seen) == sorted(list(range(4)) * 25)
+    # a served tier is the first rung or one the controller switched to, never anything else
+    served = {tier for _, tier, _ in seen}
+    assert served <= {rungs[0]} | switched_to, (served, switched_to)
+    # what each tier computes for each thread's image, from a static runtime per tier
+    expected: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for tier in rungs:
+        with veca_deploy.Runtime.open(bundle, backend="openvino", tiers=[tier.cores]) as ref:
+            assert ref.tier == tier
+            for k in range(4):
+                expected[(tier.cores, k)] = ref.predict(np.full((2, 30, 30), 7 * k, np.uint8)).outputs
+    # the tiers are told apart by their outputs, so a mixed-up snapshot could not pass unnoticed
+    for k in range(4):
+        g = [expected[(t.cores, k)]["global"] for t in rungs]
+        assert all(not np.allclose(a, b, atol=1e-3) for i, a in enumerate(g) for b in g[i + 1:])
+    for k, tier, out in seen:
+        want = expected[(tier.cores, k)]
+        assert set(out) == set(want)
+        for name, y in out.items():
+            assert y.shape == want[name].shape and y.shape[0] == 2
+            np.testing.assert_allclose(y, want[name], rtol=1e-4, atol=1e-5, err_msg=f"thread {k} {tier} {name}")
 
 
 def test_adaptive_needs_budget(bundle):
@@ -285,6 +307,35 @@ def test_adaptive_needs_budget(bundle):
         veca_deploy.Runtime.open(bundle, adaptive=True)
 
 
-def test_profile_numbers_are_finite(bundle):
-    d = json.loads(profile_path(bundle).read_text())
-    assert all(math.isfinite(e["timing"]["percentiles_ms"]["95"]) for e in d["entries"].values())
+def test_measured_profile_is_read_back_and_drives_selection(tmp_path, tiny_bundle):
+    """A profile measured by the harness (not written by the test): its numbers come from the
+    timed samples, and select, reading it back, picks what the budget computed from them allows."""
+    root = shutil.copytree(tiny_bundle, tmp_path / "b")
+    first = select(Bundle.open(root), 1e6, backend="onnxruntime", tiers=[8, 32], count=12, warmup=1)
+    assert first.profiled
+    d = json.loads(profile_path(root).read_text())
+    assert d["device"] == device_id() and d["fingerprint"]
+    shas = {a.id: a.sha256 for a in Bundle.open(root).artifacts}
+    p95: dict[str, tuple[int, float]] = {}  # candidate key -> (cores, p95 from the raw samples)
+    for key, e in d["entries"].items():
+        t = e["timing"]
+        assert e["error"] is None and e["sha256"] == shas[e["artifact"]] and key == f"{e['artifact']}@c{e['cores']}"
+        samples = t["samples_ms"]
+        assert len(samples) == t["count"] == 12 and all(math.isfinite(s) and s > 0 for s in samples)
+        pct = t["percentiles_ms"]
+        assert t["min_ms"] <= pct["50"] <= pct["90"] <= pct["95"] <= pct["99"] <= t["max_ms"]
+        assert t["min_ms"] == pytest.approx(min(samples), abs=1e-3) and t["max_ms"] == pytest.approx(max(samples), abs=1e-3)
+        p95[key] = (e["cores"], float(np.percentile(samples, 95)))
+    # per-tier ONNX at 8 and 32 plus the elastic graph at both
+    assert set(p95) == {m.cand.key for m in first.ranked} and len(p95) == 4
+    for _, limit_ms in p95.values():
+        budget = limit_ms / (1 - 0.1) * (1 + 1e-9)  # exactly this candidate's p95 after the 10 % margin
+        fits = [(lat, key, cores) for key, (cores, lat) in p95.items() if lat <= budget * (1 - 0.1)]
+        most_cores = max(cores for _, _, cores in fits)
+        want_lat, want_key = min((lat, key) for lat, key, cores in fits if cores == most_cores)
+        sel = select(Bundle.open(root), budget, backend="onnxruntime", tiers=[8, 32], measure=False)
+        assert not sel.profiled
+        assert sel.chosen.cand.key == want_key and sel.chosen.latency_ms == pytest.approx(want_lat, rel=1e-12)
+    fastest = min(lat for _, lat in p95.values())
+    with pytest.raises(BudgetError, match=re.escape(f"takes {fastest:.3g} ms")):
+        select(Bundle.open(root), fastest, backend="onnxruntime", tiers=[8, 32], measure=False)  # 10 % margin
