@@ -12,6 +12,14 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# real high-resolution photos (12 nature photos, 1280-2560 px) for calibration/parity at 512 px and
+# up (`--calib photos`); optional: everything else works without them
+if [ ! -d /usr/share/backgrounds/mate/nature ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mate-backgrounds >/dev/null 2>&1 \
+    || echo "note: mate-backgrounds not installed; --calib photos uses scikit-image's photos only"
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

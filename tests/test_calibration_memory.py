@@ -93,3 +93,30 @@ def test_ort_calibration_batch_shrinks_for_histograms_at_high_resolution():
     assert calibration_batch("minmax", (1536, 1536)) == BATCH
     assert calibration_batch("percentile", (128, 128)) == BATCH
     assert calibration_batch("entropy", (512, 512)) == 1 and calibration_batch("percentile", (1536, 1536)) == 1
+
+
+def test_photo_crops_are_real_seeded_and_made_on_demand():
+    from veca_deploy.data import PhotoCrops, photo_sources
+
+    if not photo_sources():
+        pytest.skip("no real photos installed (scikit-image or Debian mate-backgrounds)")
+    a, b = PhotoCrops(600, seed=3), PhotoCrops(600, seed=3)
+    assert len(a) == 600 and repr(a).startswith("PhotoCrops(600 crops")
+    first = a[0:3]
+    assert all(x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3 and min(x.shape[:2]) >= 64 for x in first)
+    assert all(np.array_equal(x, y) for x, y in zip(first, b[0:3]))  # seeded
+    assert not np.array_equal(a[1], a[2]) or a[1].shape != a[2].shape  # distinct crops
+    assert not np.array_equal(PhotoCrops(600, seed=4)[0], first[0])
+    assert len({id(x) for x in a[590:600]}) == 10  # made when indexed, nothing stored per crop
+
+
+def test_photos_calibration_source_is_recorded(tmp_path):
+    from veca_deploy.data import photo_sources
+
+    if not photo_sources():
+        pytest.skip("no real photos installed (scikit-image or Debian mate-backgrounds)")
+    cal = load_calibration("photos", Preprocess(), (64, 64), count=300)
+    rec = cal.record()
+    assert rec["kind"] == "photos" and rec["count"] == 300 and rec["photos"] and len(rec["sha256"]) == 64
+    assert load_calibration("photos", Preprocess(), (64, 64), count=300).digest == cal.digest
+    assert load_calibration("photos", Preprocess(), (64, 64), count=300, seed=1).digest != cal.digest

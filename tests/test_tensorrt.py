@@ -432,9 +432,9 @@ def _real_tensorrt_or_skip() -> None:
         import tensorrt  # noqa: F401
     except (ImportError, OSError):
         pytest.skip("needs the real TensorRT Python bindings (JetPack or veca-deploy[tensorrt]); not installed here")
-    from veca_deploy.runtimes.jetson import device_fingerprint, gpu_problem
+    from veca_deploy.runtimes.jetson import gpu_fingerprint, gpu_problem
 
-    problem = gpu_problem(device_fingerprint())
+    problem = gpu_problem(gpu_fingerprint())
     if problem:
         pytest.skip(f"needs an NVIDIA GPU visible through cuda-python: {problem}")
 

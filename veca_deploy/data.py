@@ -70,3 +70,71 @@ def sample_photos() -> list[tuple[str, np.ndarray]]:
         if img.ndim == 3 and img.shape[2] == 3:
             out.append((name, np.ascontiguousarray(img)))
     return out
+
+
+# ------------------------------------------------------------------------------ real photos
+#: Folders of real photos that install offline (Debian ``mate-backgrounds``: 12 nature photos at
+#: 1280-2560 px); ``VECA_PHOTOS`` adds folders (``os.pathsep``-separated).
+PHOTO_DIRS = ("/usr/share/backgrounds/mate/nature",)
+PHOTOS = "photos"
+
+
+def photo_sources() -> list[str]:
+    """Names of the real photos available here: ``skimage:<name>`` and image file paths."""
+    names = [f"skimage:{n}" for n, _ in sample_photos()]
+    dirs = [*PHOTO_DIRS, *[d for d in os.environ.get("VECA_PHOTOS", "").split(os.pathsep) if d]]
+    for d in dirs:
+        p = Path(d)
+        if p.is_dir():
+            names += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return names
+
+
+@lru_cache(maxsize=2)
+def _photo(name: str) -> np.ndarray:
+    if name.startswith("skimage:"):
+        return dict(sample_photos())[name.split(":", 1)[1]]
+    from PIL import Image
+
+    with Image.open(name) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+class PhotoCrops:
+    """``n`` seeded random crops (35-100 % of the short side, aspect 3:4 to 4:3, random flip) of
+    the real photos in :func:`photo_sources`, made when indexed: crop ``i`` comes from photo
+    ``i * P // n``, so a pass decodes each photo once and at most two are held, whatever ``n``.
+    ``crops[a:b]`` is a list of uint8 HxWx3 arrays."""
+
+    def __init__(self, n: int, seed: int = 0, sources: list[str] | None = None) -> None:
+        self.sources = list(sources if sources is not None else photo_sources())
+        if not self.sources:
+            raise UsageError("no real photos installed: pip install scikit-image, or apt install mate-backgrounds")
+        self.n, self.seed = int(n), int(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if isinstance(i, (list, tuple, np.ndarray)):
+            return [self[int(j)] for j in i]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        i %= self.n
+        img = _photo(self.sources[i * len(self.sources) // self.n])
+        rng = np.random.default_rng([self.seed, i])
+        h, w = img.shape[:2]
+        side = rng.uniform(0.35, 1.0) * min(h, w)
+        aspect = rng.uniform(0.75, 4 / 3)
+        ch, cw = int(min(h, side * np.sqrt(aspect))), int(min(w, side / np.sqrt(aspect)))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = img[y:y + ch, x:x + cw]
+        return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+    def __iter__(self):
+        return (self[i] for i in range(self.n))
+
+    def __repr__(self) -> str:
+        return f"PhotoCrops({self.n} crops of {len(self.sources)} photos)"

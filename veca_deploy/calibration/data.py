@@ -28,6 +28,7 @@ DEFAULT_COUNT = 512
 MIN_COUNT = 300
 DEFAULT_SEED = 0
 BUILTIN = "fashion-mnist"
+PHOTOS = "photos"  # real high-resolution photos (veca_deploy.data.PhotoCrops), seeded crops
 #: Calibration uses this split; accuracy is measured on the other one, so they never overlap.
 CALIB_SPLIT, EVAL_SPLIT = "train", "test"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -292,6 +293,13 @@ def read_source(source: str | Path | np.ndarray, count: int, seed: int = DEFAULT
         x, info["indices_sha256"] = _sample_rows(raw, requested, rng)
         info.update(split=CALIB_SPLIT, eval_split=EVAL_SPLIT, identical_to_test_images=_test_duplicates(x))
         assert CALIB_SPLIT != EVAL_SPLIT  # calibration never sees the images accuracy is measured on
+    elif str(source) == PHOTOS:
+        from ..data import PhotoCrops
+
+        x = PhotoCrops(requested, seed)
+        kind, name = PHOTOS, f"{PHOTOS}:{len(x.sources)}"
+        info.update(photos=[Path(s).name for s in x.sources], crops="seeded random crops, 35-100% of the short side",
+                    sources_sha256=hashlib.sha256("\n".join(x.sources).encode()).hexdigest()[:16])
     else:
         path = Path(source)
         if path.is_dir():

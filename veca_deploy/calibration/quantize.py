@@ -24,7 +24,7 @@ from ..errors import QuantizationError, UsageError
 from ..formats import EXPORT_FORMATS, EXPORT_PRECISIONS
 from ..preprocess import Preprocess
 from .data import CalibrationSet, load_calibration
-from .evaluate import COSINE_GATE_SAMPLES, DEFAULT_DATA, DEFAULT_GATE_SAMPLES, gate, load_eval_data, measure_accuracy, references
+from .evaluate import DEFAULT_DATA, DEFAULT_GATE_SAMPLES, cosine_gate_samples, gate, load_eval_data, measure_accuracy, references
 from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
@@ -140,11 +140,15 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
     if eval_data is not None:
         report("accuracy gate", advance=0)
         if eval_limit == DEFAULT_GATE_SAMPLES and not any("logits" in a.outputs for a in added):
-            eval_limit = COSINE_GATE_SAMPLES  # feature cosine is stable on few images; big backbones are slow
+            # feature cosine is resolved by few images: sized from the largest resolution added
+            eval_limit = min(cosine_gate_samples(a.height, a.width) for a in added)
         ev = load_eval_data(eval_data, pre, eval_limit)
         ids = {a.id for a in added}
         refs = references(manifest, added)
-        results = measure_accuracy(stage, refs + added, ev, pre, manifest)
+        passes = sum(len(a.tiers) for a in refs + added) * ev.samples
+        report(f"accuracy gate: {len(refs + added)} artifact(s) on {ev.samples} held-out images "
+               f"(~{passes} forward passes)", advance=0)
+        results = measure_accuracy(stage, refs + added, ev, pre, manifest, report)
         problems = gate(manifest, results, allow_drop, ids=ids)
         if problems:
             raise QuantizationError("accuracy gate failed, nothing added: " + "; ".join(problems[:6])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -71,10 +75,84 @@ class Reporter:
         self.progress.update(self.task, description=description, advance=advance)
 
 
+class LineReporter:
+    """Progress as plain lines on stderr when it is not a terminal (CI logs, ``nohup``, pipes):
+    one line per new step with the elapsed time, so long work never looks hung in a log."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.last = None
+        self.done, self.total = 0, None
+
+    def __call__(self, description: str, advance: int = 1, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        self.done += advance
+        if description != self.last:
+            self.last = description
+            count = f" [{self.done}/{self.total}]" if self.total else ""
+            console.print(f"{time.perf_counter() - self.t0:7.1f}s{count} {description}", highlight=False,
+                          soft_wrap=True)
+
+
+class ProgressLog:
+    """``VECA_PROGRESS_LOG=FILE``: every progress step appended to FILE as one JSON line
+    (``t`` unix time, ``elapsed_s``, ``step``, ``rss_bytes`` now, ``peak_rss_bytes`` so far), for
+    CI logs and the benchmarks that attribute time and memory to stages. Also with ``-q``."""
+
+    def __init__(self, path: str, inner=None) -> None:
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115  closed by close()
+        self.inner = inner
+        self.t0 = time.perf_counter()
+
+    def __call__(self, description: str, advance: int = 1, total: int | None = None) -> None:
+        self.f.write(json.dumps({"t": time.time(), "elapsed_s": round(time.perf_counter() - self.t0, 3),
+                                 "step": description, "advance": advance, "total": total,
+                                 "rss_bytes": _rss_bytes(), "peak_rss_bytes": _peak_rss_bytes()}) + "\n")
+        self.f.flush()
+        if self.inner is not None:
+            self.inner(description, advance=advance, total=total)
+
+    def close(self) -> None:
+        self("end", advance=0)
+        self.f.close()
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
 @contextmanager
-def progress_reporter(enabled: bool = True) -> Iterator[Reporter | None]:
+def progress_reporter(enabled: bool = True) -> Iterator[Reporter | LineReporter | ProgressLog | None]:
+    """Rich progress on a terminal, plain timestamped lines otherwise, nothing when disabled;
+    plus the JSON-lines log when ``VECA_PROGRESS_LOG`` is set."""
+    log_path = os.environ.get("VECA_PROGRESS_LOG")
+    with _visible(enabled) as inner:
+        if not log_path:
+            yield inner
+            return
+        log = ProgressLog(log_path, inner)
+        try:
+            yield log
+        finally:
+            log.close()
+
+
+@contextmanager
+def _visible(enabled: bool):
     if not enabled:
         yield None
+        return
+    if not console.is_terminal:
+        yield LineReporter()
         return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as p:

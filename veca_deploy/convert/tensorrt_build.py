@@ -40,11 +40,11 @@ from ..compare.comparator import Comparator
 from ..errors import BackendUnavailable, BundleError, ExportError, UsageError
 from ..formats import PRECISIONS
 from ..runtimes.base import CORE_SELECT, IMAGES, core_select
-from ..runtimes.jetson import (cuda_check, device_fingerprint, fingerprint_matches, gpu_slug, import_cudart,
+from ..runtimes.jetson import (cuda_check, gpu_fingerprint, fingerprint_matches, gpu_slug, import_cudart,
                                import_tensorrt, jetson_power_state, network_flags, require_gpu)
 from .trt_int8 import DEFAULT_INT8_SOURCE, INT8_SOURCES, check_int8_source
 
-__all__ = ["build_engines", "build_environment", "device_fingerprint", "fingerprint_matches", "int8_vs_fp16",
+__all__ = ["build_engines", "build_environment", "gpu_fingerprint", "fingerprint_matches", "int8_vs_fp16",
            "jetson_power_state", "plan_paths", "select_sources", "timing_cache_path", "DEFAULT_INT8_SOURCE",
            "INT8_SOURCES", "SIDECAR_FORMAT"]
 
@@ -136,7 +136,7 @@ def build_environment() -> tuple[Any, Any, dict[str, Any]]:
     them, no GPU). Cheap: the CLI calls it before showing any progress."""
     trt = import_tensorrt()
     cudart = import_cudart()
-    fp = device_fingerprint()
+    fp = gpu_fingerprint()
     fp["tensorrt"] = trt.__version__
     require_gpu(fp)
     return trt, cudart, fp

@@ -75,12 +75,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
         args = (images,)
         in_names = [IMAGES]
     try:
-        if exporter == "torchscript":
-            _export_torchscript(module, args, path, in_names, outs, batch, bool(elastic_tiers), opset)
-        elif exporter == "dynamo":
-            _export_dynamo(module, args, path, in_names, outs, batch, elastic_tiers, opset)
-        else:
-            raise ExportError(f"unknown exporter {exporter!r} (torchscript or dynamo)")
+        # no autograd while tracing: at 1024 px the recorded graph of the trace input alone
+        # doubled the export's peak RSS (2.7 GB vs 1.1 GB for veca_small, C=16)
+        with torch.no_grad():
+            _export(module, args, path, in_names, outs, batch, elastic_tiers, opset, exporter)
     except ExportError:
         raise
     except Exception as e:  # the exporters raise many types; name the step and the first line
@@ -89,6 +87,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
     if metadata:
         update_metadata(path, metadata)
     return path
+
+
+def _export(module, args, path, in_names, outs, batch, elastic_tiers, opset, exporter) -> None:
+    if exporter == "torchscript":
+        _export_torchscript(module, args, path, in_names, outs, batch, bool(elastic_tiers), opset)
+    elif exporter == "dynamo":
+        _export_dynamo(module, args, path, in_names, outs, batch, elastic_tiers, opset)
+    else:
+        raise ExportError(f"unknown exporter {exporter!r} (torchscript or dynamo)")
 
 
 def _export_torchscript(module, args, path, in_names, outs, batch, elastic, opset) -> None:

@@ -129,7 +129,7 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
-def device_fingerprint(device: int = 0) -> dict[str, Any]:
+def gpu_fingerprint(device: int = 0) -> dict[str, Any]:
     """What a TensorRT plan is tied to, read from this machine. Missing libraries, driver or GPU
     leave ``None`` values and never raise (cuda-python without a driver raises ``RuntimeError``
     from its first call: caught), so the CLI can report what is missing instead of crashing;

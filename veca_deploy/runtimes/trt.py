@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, BundleError, InputError, first_line
 from .base import CORE_SELECT, IMAGES, Runner, TensorSpec
-from .jetson import (cuda_check, device_fingerprint, fingerprint_matches, import_cudart, import_tensorrt,
+from .jetson import (cuda_check, gpu_fingerprint, fingerprint_matches, import_cudart, import_tensorrt,
                      jetson_power_state, require_gpu)
 
 REBUILD_HINT = "rebuild with veca-deploy build-trt on this device"
@@ -116,7 +116,7 @@ class TensorRTRunner(Runner):
         self._trt, self._cudart = trt, cudart
         self.sidecar = read_sidecar(self.path)
         device = int(self.options.get("device", 0))
-        current = device_fingerprint(device)
+        current = gpu_fingerprint(device)
         current["tensorrt"] = trt.__version__
         require_gpu(current)  # a too-old driver is said as such (with versions), not as a foreign plan
         self._current = current
