@@ -54,9 +54,12 @@ def fingerprint(threads: int | None = None) -> dict[str, Any]:
 def machine_name(fp: dict[str, Any]) -> str:
     cpu = fp.get("cpu") or {}
     isa = cpu.get("isa") or []
-    simd = next((f for f in ("avx512f", "avx2", "neon") if f in isa), None)
+    # what decides kernel choice: widest SIMD, then the int8/bf16 dot-product extensions
+    simd = [next((f for f in ("avx512f", "avx2", "neon") if f in isa), None)]
+    simd += [f for f in ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16") if f in isa]
+    simd = [f for f in simd if f]
     cores = cpu.get("usable_cores") or cpu.get("logical_cores")
-    return f"{cpu.get('model') or 'unknown CPU'}, {cores} cores" + (f", {simd}" if simd else "")
+    return f"{cpu.get('model') or 'unknown CPU'}, {cores} cores" + (f", {'/'.join(simd)}" if simd else "")
 
 
 def numpy_peak_gflops(n: int = 2048, reps: int = 5) -> dict[str, Any]:

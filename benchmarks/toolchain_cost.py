@@ -1,153 +1,281 @@
-"""What does a full export cost? Wall time of ``veca_deploy.export`` for the reference model with
-every tier (4), both formats (ONNX, OpenVINO IR), all precisions (FP32, FP16, INT8 calibrated on
-Fashion-MNIST TRAIN, accuracy gate on TEST) and the elastic ONNX graph, broken down by stage
-(from the exporter's progress messages), and the bundle's bytes: per-tier graphs vs the one
-elastic graph that serves every tier.
+"""What does the toolchain cost where users feel it? The real CLI (``veca-deploy export``), one
+fresh process per configuration, at 224 to 1536 px: wall time and peak RSS per stage, and the
+ratio of the stage's time to the bare forward passes it needs (the toolchain's own overhead).
 
-    python benchmarks/toolchain_cost.py --keep-bundle /tmp/ref_bundle   # full run, keep the bundle
-    python benchmarks/toolchain_cost.py --smoke --out /tmp/x
+Configurations (default):
+  * ``fp32+fp16``: veca_small --random-weights, 4 tiers (8,16,32,64) + elastic, ONNX + OpenVINO,
+    FP32 and FP16, every parity gate, at each ``--sizes``;
+  * ``int8``: one tier (C=16), ONNX Runtime + OpenVINO INT8 with ``--calib-counts`` real
+    calibration images (``--calib``, default the built-in high-resolution ``photos`` source), at
+    each ``--int8-sizes``.
+
+Stages come from the CLI's own progress log (``VECA_PROGRESS_LOG``: one JSON line per step);
+RSS is sampled from outside every 50 ms and attributed to the step running then, and the
+process's peak RSS is the kernel's (``ru_maxrss`` of the child). Bare forward passes: the
+number of passes each stage needs (PyTorch reference and parity on the golden images, the
+held-out gate's images, calibration images) times the measured batch-1 latency of that tier's
+FP32 ONNX graph in ONNX Runtime on this machine, measured after the export in this run.
+
+    python benchmarks/toolchain_cost.py                       # full table (hours at 1536 px)
+    python benchmarks/toolchain_cost.py --sizes 224,512 --int8-sizes 512
+    python benchmarks/toolchain_cost.py --smoke --out /tmp/x  # built-in 28x28 model, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 NAME = "toolchain_cost"
+#: the console script users run (next to this interpreter), else the module
+CLI = ([str(Path(sys.executable).parent / "veca-deploy")] if (Path(sys.executable).parent / "veca-deploy").is_file()
+       else [sys.executable, "-m", "veca_deploy.cli"])
+SAMPLE_S = 0.05
 
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep-bundle", default=None, help="write the bundle here (kept) instead of a temp folder")
     ap.add_argument("--out", default=str(cm.RESULTS))
-    ap.add_argument("--smoke", action="store_true", help="2 tiers, ONNX FP32 + elastic only")
-    ap.add_argument("--bundle", default=None, help="measure the bytes of an existing full bundle instead of exporting")
-    ap.add_argument("--export-wall-s", type=float, default=None,
-                    help="with --bundle: the wall time measured when that bundle was exported (recorded as such)")
+    ap.add_argument("--model", default="veca_small")
+    ap.add_argument("--cores", default="8,16,32,64")
+    ap.add_argument("--sizes", default="224,512,1024,1536", help="FP32+FP16 export sizes ('' for none)")
+    ap.add_argument("--int8-sizes", default="512,1024", help="INT8 (one tier) export sizes ('' for none)")
+    ap.add_argument("--int8-cores", default="16")
+    ap.add_argument("--calib", default="photos", help="calibration source for the INT8 runs")
+    ap.add_argument("--calib-counts", default="300,512")
+    ap.add_argument("--plan", default=None,
+                    help="explicit order instead of the size lists: e.g. 'fp@1024,int8:300@1024,fp@224' "
+                         "(fp = FP32+FP16 4-tier export, int8:N = one-tier INT8 with N calibration images)")
+    ap.add_argument("--timeout-s", type=float, default=3 * 3600, help="per configuration")
+    ap.add_argument("--keep", default=None, help="keep the bundles under this folder")
+    ap.add_argument("--smoke", action="store_true", help="built-in 28x28 model, 2 tiers, seconds")
     return ap.parse_args(argv)
 
 
-def stage_of(msg: str) -> str:
-    """Group the exporter's progress messages: 'ONNX c=8 28x28' -> 'ONNX fp32 per-tier', ..."""
-    m = msg.lower()
+@dataclass
+class Config:
+    name: str
+    size: int
+    argv: list[str]
+    calib_count: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def configs(a) -> list[Config]:
+    ints = lambda s: [int(v) for v in str(s).split(",") if v.strip()]  # noqa: E731
+    if a.smoke:
+        base = ["export", "--cores", "8,16", "--formats", "onnx,openvino", "--elastic", "--force", "-q"]
+        return [Config("fp32+fp16", 28, base + ["--precision", "fp32,fp16"]),
+                Config("int8", 28, ["export", "--cores", "8", "--formats", "onnx", "--precision", "int8", "--calib",
+                                    "fashion-mnist", "--calib-size", "300", "--force", "-q"], calib_count=300)]
+    if a.plan:
+        out = []
+        for item in a.plan.split(","):
+            kind, size = item.strip().split("@")
+            if kind == "fp":
+                out += configs(argparse.Namespace(**{**vars(a), "plan": None, "sizes": size, "int8_sizes": ""}))
+            else:
+                n = kind.split(":")[1]
+                out += configs(argparse.Namespace(**{**vars(a), "plan": None, "sizes": "", "int8_sizes": size,
+                                                     "calib_counts": n}))
+        return out
+    out = []
+    for s in ints(a.sizes):
+        out.append(Config("fp32+fp16", s, ["export", a.model, "--random-weights", "--cores", a.cores,
+                                           "--image-size", str(s), "--formats", "onnx,openvino", "--precision",
+                                           "fp32,fp16", "--elastic", "--force", "-q"]))
+    for s in ints(a.int8_sizes):
+        for n in ints(a.calib_counts):
+            out.append(Config(f"int8 n={n}", s, ["export", a.model, "--random-weights", "--cores", a.int8_cores,
+                                                 "--image-size", str(s), "--formats", "onnx,openvino", "--precision",
+                                                 "int8", "--calib", a.calib, "--calib-size", str(n), "--force", "-q"],
+                              calib_count=n))
+    return out
+
+
+def stage_of(step: str) -> str:
+    """Group the CLI's progress steps: 'ONNX c=8 1024x1024' -> 'ONNX fp32 per-tier', ..."""
+    m = step.lower()
+    if m.startswith("pytorch reference"):
+        return "PyTorch reference (golden)"
     if m.startswith("onnx elastic"):
         return "ONNX fp32 elastic (export+simplify+parity)"
     if m.startswith("onnx c="):
         return "ONNX fp32 per-tier (export+simplify+parity)"
-    if m.startswith("openvino fp"):
+    if m.startswith("openvino fp") and "int8" not in m:
         return f"OpenVINO {m.split()[1]} IR (convert+parity)"
-    if m.startswith("onnx fp16") or m.startswith("onnx int8") or m.startswith("openvino int8"):
-        fmt, prec = m.split()[:2]
-        return f"{'ONNX' if fmt == 'onnx' else 'OpenVINO'} {prec} ({'QDQ' if fmt == 'onnx' and prec == 'int8' else 'NNCF' if prec == 'int8' else 'convert'}+parity)"
-    return msg.split(" c=")[0]
+    if "calibrat" in m or m.startswith("onnx int8") or m.startswith("openvino int8"):
+        return "INT8 (calibration+quantize+parity)"
+    if m.startswith("onnx fp16"):
+        return "ONNX fp16 (convert+parity)"
+    if m.startswith("accuracy gate") or m.startswith("eval "):
+        return "held-out accuracy gate"
+    return step.split(" c=")[0][:48]
+
+
+def run_cli(argv: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
+    """One fresh CLI process; RSS sampled from outside and attributed to the step then running."""
+    import psutil
+
+    env = {**os.environ, "VECA_PROGRESS_LOG": str(log), "PYTHONUNBUFFERED": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    ps = psutil.Process(proc.pid)
+    samples: list[tuple[float, int]] = []
+    while proc.poll() is None:
+        try:
+            samples.append((time.time(), ps.memory_info().rss))
+        except psutil.Error:
+            break
+        if time.perf_counter() - t0 > timeout_s:
+            proc.kill()
+            break
+        time.sleep(SAMPLE_S)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    stages: dict[str, dict[str, float]] = defaultdict(lambda: {"seconds": 0.0, "peak_rss_gb": 0.0})
+    for cur, nxt in zip(steps, steps[1:]):
+        st = stages[stage_of(cur["step"])]
+        st["seconds"] += nxt["t"] - cur["t"]
+        rss = [r for t, r in samples if cur["t"] <= t < nxt["t"]]
+        st["peak_rss_gb"] = max(st["peak_rss_gb"], max(rss, default=0) / 2**30)
+    return {"rc": proc.returncode, "wall_s": round(wall, 1),
+            # ru_maxrss of children is the largest child so far: exact when this run is the largest
+            "peak_rss_gb": round(max(peak_child * 1024, max((r for _, r in samples), default=0)) / 2**30, 3)
+            if peak_child > before else round(max((r for _, r in samples), default=0) / 2**30, 3),
+            "stages": {k: {"seconds": round(v["seconds"], 1), "peak_rss_gb": round(v["peak_rss_gb"], 3)}
+                       for k, v in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])},
+            "error": (err.strip().splitlines() or ["killed"])[-1][:300] if proc.returncode else None, "stderr_tail": err[-800:] if proc.returncode else ""}
+
+
+def forward_ms(bundle: Path) -> dict[int, float]:
+    """Batch-1 latency (ms) per tier of the bundle's FP32 ONNX graphs (per tier, else elastic) in
+    ONNX Runtime here: the unit 'bare forward pass' of the overhead ratio."""
+    import numpy as np
+
+    from veca_deploy.bundle.reader import Bundle
+    from veca_deploy.runtimes import CORE_SELECT, IMAGES, core_select, create_runner
+    from veca_deploy.runtimes.timing import measure
+
+    b = Bundle.open(bundle)
+    out: dict[int, float] = {}
+    for c in sorted({t for a in b.artifacts for t in a.tiers}):
+        cands = sorted(b.manifest.find(fmt="onnx", precision="fp32", cores=c), key=lambda a: a.elastic)
+        if not cands:
+            cands = sorted(b.manifest.find(fmt="onnx", cores=c), key=lambda a: a.elastic)
+        if not cands:
+            continue
+        a = cands[0]
+        feed = {IMAGES: np.zeros((1, 3, a.height, a.width), np.float32)}
+        if a.elastic:
+            feed[CORE_SELECT] = core_select(c)
+        with create_runner("onnxruntime", b.path_of(a)) as r:
+            out[c] = measure(r, feed, count=3, warmup=1).p50
+    return out
+
+
+def passes_needed(bundle: Path, calib_count: int | None) -> dict[str, dict[int, int]]:
+    """Forward passes per stage and tier, from what the manifest says was checked."""
+    from veca_deploy.bundle.reader import Bundle
+
+    b = Bundle.open(bundle)
+    m = b.manifest
+    golden = {k: v.get("count", 0) for k, v in (m.golden or {}).get("inputs", {}).items()}
+    n_golden = max(golden.values(), default=0)
+    need: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    tiers = sorted({t for a in m.artifacts for t in a.tiers})
+    for c in tiers:
+        need["PyTorch reference (golden)"][c] += n_golden
+    for a in m.artifacts:
+        for c in a.tiers:
+            gate_runs = 2 if (a.format == "onnx" and a.precision == "fp32") else 1  # before + after simplify
+            need["parity on golden images"][c] += gate_runs * n_golden
+            acc = a.accuracy or {}
+            if acc.get("samples") and not acc.get("reference"):
+                need["held-out accuracy gate"][c] += int(acc["samples"])
+            if a.precision == "int8" and calib_count:
+                need["calibration"][c] += calib_count
+    return need
 
 
 def main(argv=None) -> dict:
     a = parse(argv)
-    import veca_deploy
-    from veca_deploy.bundle.reader import Bundle
-
     fp = cm.fingerprint()
-    result = cm.header(fp, benchmark=NAME, model="veca_tiny (built-in reference)")
+    result = cm.header(fp, benchmark=NAME, model="veca_tiny (built-in)" if a.smoke else f"{a.model} --random-weights",
+                       cli="veca-deploy export (one fresh process per configuration)")
     cm.log(f"machine: {result['machine']}")
-    tmp = Path(tempfile.mkdtemp(prefix="veca-toolchain-"))
-    out_dir = Path(a.keep_bundle) if a.keep_bundle else tmp / "bundle"
-    events: list[tuple[float, str]] = []
-
-    def progress(msg="", *args, **kw):
-        events.append((time.perf_counter(), str(msg)))
-
-    if a.smoke:
-        kwargs = dict(cores=[8, 16], formats=["onnx"], precisions=["fp32"], elastic=True)
-    else:
-        kwargs = dict(formats=["onnx", "openvino"], precisions=["fp32", "fp16", "int8"], calib="fashion-mnist",
-                      elastic=True)
-    if a.bundle:
-        from veca_deploy.bundle.manifest import read_manifest
-
-        out_dir = Path(a.bundle)
-        manifest = read_manifest(out_dir)
-        total_s = a.export_wall_s or float("nan")
-        kwargs["note"] = "bundle exported in a separate run; export_wall_s given on the command line"
-    else:
-        cm.log(f"export {kwargs} -> {out_dir}")
-        t0 = time.perf_counter()
-        events.append((t0, "start"))
-        manifest = veca_deploy.export(None, out=out_dir, force=True, progress=progress, **kwargs)
-        total_s = time.perf_counter() - t0
-        events.append((time.perf_counter(), "end"))
-    stages: dict[str, float] = defaultdict(float)
-    for (t_a, m_a), (t_b, _) in zip(events, events[1:]):
-        stages[stage_of(m_a)] += t_b - t_a
-    bundle = Bundle.open(out_dir)
-    arts = bundle.artifacts
-    nbytes = lambda art: art.bytes + sum(f.bytes for f in art.files)  # noqa: E731
-    sizes = []
-    for prec in ("fp32", "fp16", "int8"):
-        per = [x for x in arts if x.format == "onnx" and x.precision == prec and not x.elastic]
-        el = [x for x in arts if x.format == "onnx" and x.precision == prec and x.elastic]
-        if not per:
-            continue
-        one = max(nbytes(x) for x in per)
-        e = nbytes(el[0]) if el else None
-        sizes.append({"format": "onnx", "precision": prec, "tiers": sorted(x.cores for x in per),
-                      "one_tier_bytes": one, "all_per_tier_bytes": sum(nbytes(x) for x in per),
-                      "elastic_bytes": e, "elastic_over_one_tier": cm.ratio(e, one),
-                      "per_tier_total_over_one_tier": cm.ratio(sum(nbytes(x) for x in per), one)})
-    for prec in ("fp32", "fp16", "int8"):
-        per = [x for x in arts if x.format == "openvino" and x.precision == prec]
-        if per:
-            one = max(nbytes(x) for x in per)
-            sizes.append({"format": "openvino", "precision": prec, "tiers": sorted(x.cores for x in per),
-                          "one_tier_bytes": one, "all_per_tier_bytes": sum(nbytes(x) for x in per),
-                          "elastic_bytes": None, "elastic_over_one_tier": None,
-                          "per_tier_total_over_one_tier": cm.ratio(sum(nbytes(x) for x in per), one)})
-    dir_bytes = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-    fp32 = next((s for s in sizes if s["format"] == "onnx" and s["precision"] == "fp32"), None)
-    result.update(export_kwargs=kwargs, export_wall_s=round(total_s, 1),
-                  stages_s={k: round(v, 2) for k, v in sorted(stages.items(), key=lambda kv: -kv[1])},
-                  artifacts=len(manifest.artifacts), bundle_dir_bytes=dir_bytes, sizes=sizes,
-                  bundle=str(out_dir) if (a.keep_bundle or a.bundle) else None,
-                  target_elastic_bytes={"elastic_over_one_tier": fp32 and fp32["elastic_over_one_tier"],
-                                        "target": 1.1, "met": bool(fp32 and fp32["elastic_over_one_tier"]
-                                                                   and fp32["elastic_over_one_tier"] <= 1.1)})
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="veca-toolchain-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cfg in configs(a):
+        out = work / f"{cfg.name.replace(' ', '_').replace('=', '')}_{cfg.size}"
+        log = work / f"{out.name}.progress.jsonl"
+        log.unlink(missing_ok=True)
+        cm.log(f"{cfg.name} {cfg.size} px: veca-deploy {' '.join(cfg.argv)} --out {out}")
+        r = run_cli(cfg.argv + ["--out", str(out)], log, a.timeout_s)
+        r.update(config=cfg.name, size=cfg.size, argv=cfg.argv, calib_count=cfg.calib_count)
+        if r["rc"] == 0:
+            ms = forward_ms(out)
+            need = passes_needed(out, cfg.calib_count)
+            bare_s = sum(n * ms.get(c, 0.0) for per in need.values() for c, n in per.items()) / 1e3
+            r.update(forward_ms={str(k): round(v, 2) for k, v in ms.items()},
+                     passes={k: dict(sorted((str(c), n) for c, n in v.items())) for k, v in need.items()},
+                     bare_forward_s=round(bare_s, 1), overhead_ratio=cm.ratio(r["wall_s"], bare_s),
+                     bundle_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()))
+        cm.log(f"  rc={r['rc']} wall {r['wall_s']} s, peak RSS {r['peak_rss_gb']} GB"
+               + (f", bare forward passes {r.get('bare_forward_s')} s" if r["rc"] == 0 else f": {r['error']}"))
+        rows.append(r)
+        if not a.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    result["runs"] = rows
     cm.finish(result)
-    md = (f"Machine: {result['machine']}. Reference model, `veca_deploy.export(None, {', '.join(f'{k}={v!r}' for k, v in kwargs.items())})`: "
-          f"**{total_s:.1f} s** wall, {len(manifest.artifacts)} artifacts, bundle folder {dir_bytes / 1e6:.2f} MB.\n\n"
-          + cm.md_table(["stage", "seconds", "% of export"],
-                        [[k, round(v, 1), round(100 * v / total_s, 1)] for k, v in result["stages_s"].items()]
-                        or [["(stages not measured in this run)", total_s, 100.0]])
-          + "\n" + cm.md_table(["format", "precision", "tiers", "one tier (kB)", "all per-tier graphs (kB)",
-                                "elastic graph (kB)", "elastic / one tier", "per-tier total / one tier"],
-                               [[s["format"], s["precision"], ",".join(map(str, s["tiers"])),
-                                 round(s["one_tier_bytes"] / 1e3, 1), round(s["all_per_tier_bytes"] / 1e3, 1),
-                                 s["elastic_bytes"] and round(s["elastic_bytes"] / 1e3, 1),
-                                 s["elastic_over_one_tier"], s["per_tier_total_over_one_tier"]] for s in sizes]))
-    plt = cm.plt()
-    fig, ax = plt.subplots(1, 2, figsize=(13, 4.5))
-    st = list(result["stages_s"].items())
-    ax[0].barh([k for k, _ in st][::-1], [v for _, v in st][::-1])
-    ax[0].set(xlabel="seconds", title=f"full export {total_s:.0f} s")
-    ax[0].tick_params(axis="y", labelsize=7)
-    lab = [f"{s['format']} {s['precision']}" for s in sizes]
-    xs = range(len(sizes))
-    ax[1].bar([x - 0.2 for x in xs], [s["all_per_tier_bytes"] / 1e6 for s in sizes], 0.4, label="all per-tier graphs")
-    ax[1].bar([x + 0.2 for x in xs], [(s["elastic_bytes"] or 0) / 1e6 for s in sizes], 0.4, label="one elastic graph")
-    ax[1].scatter(list(xs), [s["one_tier_bytes"] / 1e6 for s in sizes], c="k", zorder=3, label="one tier")
-    ax[1].set_xticks(list(xs), lab, fontsize=7)
-    ax[1].set(ylabel="MB", title="bundle bytes")
-    ax[1].legend(fontsize=7)
-    fig.suptitle(result["machine"], fontsize=9)
-    if not a.keep_bundle and not a.bundle:
-        shutil.rmtree(tmp, ignore_errors=True)
+    md = (f"Machine: {result['machine']}. `veca-deploy export` ({result['model']}), one fresh process per row; "
+          "peak RSS is the whole process's; bare = forward passes the gates/calibration need x the FP32 ONNX "
+          "batch-1 latency per tier here.\n\n"
+          + cm.md_table(["config", "px", "rc", "wall (s)", "peak RSS (GB)", "bare forward (s)", "wall / bare",
+                         "slowest stage (s, GB)"],
+                        [[r["config"], r["size"], r["rc"], r["wall_s"], r["peak_rss_gb"], r.get("bare_forward_s"),
+                          r.get("overhead_ratio"),
+                          next((f"{k}: {v['seconds']} s, {v['peak_rss_gb']} GB" for k, v in r["stages"].items()), "-")]
+                         for r in rows]))
+    for r in rows:
+        md += (f"\n\n**{r['config']} at {r['size']} px** (wall {r['wall_s']} s, peak RSS {r['peak_rss_gb']} GB)\n\n"
+               + cm.md_table(["stage", "seconds", "peak RSS (GB)"],
+                             [[k, v["seconds"], v["peak_rss_gb"]] for k, v in r["stages"].items()
+                              if v["seconds"] >= 0.05]))
+    fig = None
+    try:
+        plt = cm.plt()
+        fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
+        for name in dict.fromkeys(r["config"] for r in rows):
+            rs = [r for r in rows if r["config"] == name and r["rc"] == 0]
+            ax[0].plot([r["size"] for r in rs], [r["wall_s"] for r in rs], "o-", label=name)
+            ax[1].plot([r["size"] for r in rs], [r["peak_rss_gb"] for r in rs], "o-", label=name)
+        ax[0].set(xlabel="image size (px)", ylabel="wall (s)", title="export wall time", yscale="log")
+        ax[1].set(xlabel="image size (px)", ylabel="GB", title="peak RSS")
+        ax[1].legend(fontsize=7)
+        fig.suptitle(result["machine"], fontsize=9)
+    except Exception as e:  # noqa: BLE001  matplotlib is optional
+        cm.log(f"no figure: {e}")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
     cm.publish(a.out, NAME, result, md, fig)
     return result
 

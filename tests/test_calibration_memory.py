@@ -87,10 +87,11 @@ def test_memory_mapped_npy_is_read_by_batch(tmp_path):
     assert load_peak < LIMIT and read_peak < LIMIT and full_raw > LIMIT, (load_peak, read_peak, full, full_raw)
 
 
-def test_ort_calibration_batch_shrinks_for_histograms_at_high_resolution():
+def test_ort_calibration_batch_shrinks_at_high_resolution():
     from veca_deploy.calibration.onnx_quant import BATCH, calibration_batch
 
-    assert calibration_batch("minmax", (1536, 1536)) == BATCH
+    assert calibration_batch("minmax", (28, 28)) == calibration_batch("minmax", (224, 224)) == BATCH
+    assert calibration_batch("minmax", (512, 512)) == 3 and calibration_batch("minmax", (1024, 1024)) == 1
     assert calibration_batch("percentile", (128, 128)) == BATCH
     assert calibration_batch("entropy", (512, 512)) == 1 and calibration_batch("percentile", (1536, 1536)) == 1
 

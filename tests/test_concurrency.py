@@ -159,13 +159,33 @@ def test_adaptive_switches_under_threads_never_mix_tiers(bundle, images):
 
 
 def test_soak_smoke(bundle, tmp_path):
-    """``benchmarks/soak.py --smoke``: 200 calls, RSS sampled, JSON + markdown (+ PNG) written."""
+    """``benchmarks/soak.py --smoke``: 200 calls, RSS sampled, JSON + markdown (+ PNG) written; the
+    header says which machine, and every summary figure follows from the samples beside it."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--smoke", "--bundle", str(bundle),
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     d = json.loads((tmp_path / "soak-smoke.json").read_text())
-    assert d["calls"] == 200 and d["errors"] == 0
-    assert len(d["samples"]) >= 10 and all(s["rss_mb"] > 0 for s in d["samples"])
-    assert d["samples"][0]["call"] == 0 and d["samples"][-1]["call"] == 200
-    assert np.isfinite(d["growth_after_warmup_pct"]) and d["warmup_calls"] == 20
-    assert "growth after warm-up" in (tmp_path / "soak-smoke.md").read_text()
+    md = (tmp_path / "soak-smoke.md").read_text()
+    assert (tmp_path / "soak-smoke.png").stat().st_size > 0
+    cpu = d["fingerprint"]["cpu"]
+    assert cpu["model"] and cpu["arch"] and 0 < cpu["usable_cores"] <= cpu["logical_cores"]
+    assert d["machine"].startswith(cpu["model"]) and d["machine"] in md and d["fingerprint"]["runtimes"]["onnxruntime"]
+    assert d["benchmark"] == "soak" and d["started"] <= d["finished"] and d["torch_loaded"] is False
+    assert d["calls"] == 200 and d["errors"] == 0 and d["first_errors"] == [] and d["backend"] == "onnxruntime"
+    assert sum(d["tiers_served"].values()) == d["calls"]  # every call served, by a tier it names
+    samples = d["samples"]
+    calls = [s["call"] for s in samples]
+    assert len(samples) >= 10 and calls[0] == 0 and calls[-1] == 200 and calls == sorted(set(calls))
+    assert all(np.isfinite(s["rss_mb"]) and s["rss_mb"] > 0 for s in samples)
+    assert d["warmup_calls"] == 20
+    after = [s["rss_mb"] for s in samples if s["call"] >= d["warmup_calls"]]
+    assert d["rss_after_warmup_mb"] == after[0] and d["rss_end_mb"] == samples[-1]["rss_mb"]
+    assert d["rss_peak_after_warmup_mb"] == max(after)
+    assert d["growth_after_warmup_pct"] == pytest.approx(
+        (d["rss_end_mb"] - d["rss_after_warmup_mb"]) / d["rss_after_warmup_mb"] * 100, abs=1e-3)
+    assert d["peak_growth_after_warmup_pct"] == pytest.approx(
+        (max(after) - after[0]) / after[0] * 100, abs=1e-3) and d["peak_growth_after_warmup_pct"] >= 0
+    assert d["passed"] == (d["growth_after_warmup_pct"] < d["target_pct"])
+    lat = d["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0 and 0 < d["wall_s"]
+    assert "growth after warm-up" in md and ("PASS" if d["passed"] else "FAIL") in md

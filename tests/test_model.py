@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import veca_deploy
 from veca_deploy.errors import UsageError
@@ -35,9 +37,58 @@ def test_golden_vectors_match_to_1e5(golden_dir):
         torch.testing.assert_close(p, cases[f"case{i}.patches"], atol=1e-5, rtol=0)
 
 
-def test_golden_includes_non_square(golden_dir):
-    meta, _ = _cases(golden_dir)
-    assert any(c["height"] != c["width"] for c in meta["cases"])
+class _AttentionCalls(TorchDispatchMode):
+    """Records the (query, key) shapes of every attention kernel the forward pass really runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in str(func):
+            self.shapes.append((tuple(args[0].shape), tuple(args[1].shape)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,overrides,size,cores", [
+    ("veca_tiny", {}, (28, 28), 8),
+    ("veca_tiny", {}, (28, 42), 16),  # non-square: N = 4 x 6
+    ("veca_tiny", {"num_classes": 10, "distill_output_dim": 48}, (56, 28), 32),  # head + output projection
+    ("vit_tiny", {}, (28, 42), None),
+])
+def test_analytic_flops_match_the_shapes_the_model_runs(name, overrides, size, cores):
+    """forward_flops against what the forward pass executes: every Linear/Conv2d counted by torch's
+    FlopCounterMode, plus QK^T and AV of the attention kernels actually dispatched. Per layer the
+    query-key pairs must be 2NC + C^2 for VECA (cores see all C+N tokens, patches only the C cores)
+    and (N+1)^2 for the ViT baseline."""
+    torch.manual_seed(0)
+    cfg = model_config(name, **overrides)
+    model = VECA(cfg).eval()
+    b, (h, w) = 2, size
+    x = torch.randn(b, 3, h, w)
+    with FlopCounterMode(display=False) as counter, _AttentionCalls() as attn, torch.no_grad():
+        model(x, cores=cores)
+    per_module = counter.get_flop_counts()
+    dense_names = [f"{type(model).__name__}.{n}" for n, m in model.named_modules()
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert all(n in per_module for n in dense_names), sorted(set(dense_names) - set(per_module))
+    dense = sum(sum(per_module[n].values()) for n in dense_names)
+
+    n_patches = (h // cfg.patch_size) * (w // cfg.patch_size)
+    calls_per_layer = 1 if cfg.attention == "full" else 2
+    assert len(attn.shapes) == cfg.num_layers * calls_per_layer
+    attention = 0
+    for layer in range(cfg.num_layers):
+        calls = attn.shapes[layer * calls_per_layer:(layer + 1) * calls_per_layer]
+        pairs = sum(q[2] * k[2] for q, k in calls)
+        if cfg.attention == "full":
+            assert pairs == (n_patches + 1) ** 2
+        else:
+            assert pairs == 2 * n_patches * cores + cores ** 2
+        for q, k in calls:
+            assert q[0] == b and q[1] * q[3] == cfg.hidden_dim and k[3] == q[3]
+            attention += 2 * 2 * q[0] * q[1] * q[2] * k[2] * q[3]  # QK^T and AV, 2 FLOPs per multiply-add
+    assert dense + attention == b * forward_flops(cfg, h, w, cores)
 
 
 @pytest.mark.parametrize("cores", [0, 4, 12, 40, -8, 8.0, True])

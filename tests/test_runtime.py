@@ -165,8 +165,16 @@ def test_bench_writes_profile_only_and_plot(bundle, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     d = json.loads(profile_path(bundle).read_text())
     entries = d["entries"]
-    # 2 tiers x (onnx + openvino per-tier + elastic)
-    assert len(entries) == 6 and all(e["error"] is None for e in entries.values())
+    # 2 tiers x (onnx + openvino per-tier + elastic), plus each OpenVINO execution variant this CPU
+    # runs natively (bf16 on AVX512-BF16/AMX), gated on the golden outputs like the rest
+    from veca_deploy.runtimes import supported_variants
+
+    variants = supported_variants("openvino")
+    assert len(entries) == 6 + 2 * len(variants) and all(e["error"] is None for e in entries.values())
+    for v in variants:
+        ev = entries[f"openvino-fp32-c8-28x28@c8+{v}"]
+        assert ev["execution"] == v and ev["runner"]["INFERENCE_PRECISION_HINT"] == v
+        assert ev["gate"]["passed"] and ev["gate"]["precision"] == {"bf16": "bf16", "f16": "fp16"}[v]
     e = entries["onnx-fp32-elastic-28x28@c32"]
     assert e["timing"]["count"] == 3 and e["runner"]["threads"] == 1 and e["cores"] == 32
     assert entries["openvino-fp32-c8-28x28@c8"]["runner"]["INFERENCE_PRECISION_HINT"] == "f32"
@@ -176,7 +184,7 @@ def test_bench_writes_profile_only_and_plot(bundle, tmp_path, capsys):
                  "--duration", "0.05", "--warmup", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {e["artifact"] for e in out["entries"]} == {"onnx-fp32-c8-28x28", "onnx-fp32-elastic-28x28"}
-    assert len(json.loads(profile_path(bundle).read_text())["entries"]) == 6
+    assert len(json.loads(profile_path(bundle).read_text())["entries"]) == 6 + 2 * len(variants)
 
 
 @pytest.mark.parametrize("args,code", [
@@ -270,3 +278,83 @@ def test_example_classify_folder(bundle, tmp_path):
                           "--budget-ms", "0.001", "--backend", "onnxruntime"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 8 and "fastest" in res.stderr
+
+
+# ---------------------------------------------------------------------------- fixed batch
+FIXED = 4
+
+
+@pytest.fixture(scope="module")
+def fixed_batch_bundle(tmp_path_factory) -> Path:
+    """veca_tiny (random weights) tier 8 as ONNX + OpenVINO FP32 graphs whose batch dimension is the
+    constant 4 (what ``veca-deploy export --batch 4`` passes; the API keeps the torch-free device CI
+    able to skip this when torch is missing)."""
+    out = tmp_path_factory.mktemp("fixed") / "b"
+    veca_deploy.export("veca_tiny", random_weights=True, out=out, cores=[8], formats=["onnx", "openvino"],
+                       precisions=["fp32"], batch=FIXED)
+    return out
+
+
+def _test_images(n: int) -> np.ndarray:
+    from veca_deploy.data import fashion_mnist, fashion_mnist_available
+
+    if fashion_mnist_available():
+        return np.array(fashion_mnist("test")[0][:n])
+    return np.random.default_rng(3).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fixed_batch_artifact_is_split_and_padded(fixed_batch_bundle, backend):
+    """N images, N not a multiple of the graph's fixed batch: N rows, each what that image alone gives."""
+    b = Bundle.open(fixed_batch_bundle)
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    art = b.get(f"{fmt}-fp32-c8-28x28")
+    assert art.batch == FIXED and art.inputs["images"]["shape"] == [FIXED, 3, 28, 28]
+    imgs = _test_images(11)
+    x = b.preprocess(list(imgs), (28, 28))
+    with create_runner(backend, b.path_of(art)) as r:
+        with pytest.raises(InputError, match=f"dim 0 must be {FIXED}"):
+            r.infer({"images": x[:7]})  # the graph itself takes exactly 4: the Runtime must split/pad
+        direct = r.infer({"images": x[:FIXED]})
+    with veca_deploy.Runtime.open(fixed_batch_bundle, backend=backend, tiers=[8]) as rt:
+        assert rt.tier.artifact == art.id
+        singles = [rt.predict(img) for img in imgs]
+        for n in (7, 9, 11, FIXED, 1):  # 4+3, 4+4+1, 4+4+3, exact, one padded call
+            p = rt.predict(imgs[:n])
+            assert set(p.keys()) == set(art.outputs)
+            for k in art.outputs:
+                assert p[k].shape[0] == n, (n, k, p[k].shape)
+                want = np.concatenate([s[k] for s in singles[:n]])
+                np.testing.assert_allclose(p[k], want, rtol=1e-5, atol=1e-5, err_msg=f"n={n} {k}")
+                np.testing.assert_allclose(p[k][:min(n, FIXED)], direct[k][:min(n, FIXED)], rtol=1e-5, atol=1e-5)
+        g = np.concatenate([s["global"] for s in singles])
+        assert np.ptp(g, axis=0).max() > 1e-3  # different images, different rows: no row was reused
+
+
+# ---------------------------------------------------------------------------- classifier
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_classifier_predictions_agree_with_logits_and_beat_chance(reference_bundle, backend):
+    """The trained reference bundle (a ``logits`` output): labels and names are the argmax of the
+    logits, and top-1 on 200 Fashion-MNIST test images is what the model card says, far above 10%."""
+    from veca_deploy.data import FASHION_MNIST_CLASSES, fashion_mnist, fashion_mnist_available
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    images, labels = fashion_mnist("test")
+    x, y = np.array(images[:200]), np.asarray(labels[:200])
+    with veca_deploy.Runtime.open(reference_bundle, backend=backend) as rt:  # no budget: the most accurate tier
+        names = rt.bundle.manifest.model["class_names"]
+        card = rt.bundle.manifest.model["card_top1"]
+        p = rt.predict(x)
+        one = rt.predict(x[17])
+    assert list(names) == list(FASHION_MNIST_CLASSES)
+    logits = p["logits"]
+    assert logits.shape == (200, 10) and np.isfinite(logits).all()
+    assert p.labels.shape == (200,) and np.array_equal(p.labels, logits.argmax(-1))
+    assert p.names == [names[i] for i in logits.argmax(-1)]
+    assert one.labels.tolist() == [p.labels[17]] and one.names == [p.names[17]]
+    np.testing.assert_allclose(one["logits"][0], logits[17], rtol=1e-4, atol=1e-4)
+    assert len(set(p.labels.tolist())) >= 8  # not one class for everything
+    top1 = float((p.labels == y).mean())
+    assert top1 > 0.7, top1
+    assert abs(100 * top1 - card[str(p.tier.cores)]) < 10, (top1, card)

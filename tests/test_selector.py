@@ -226,7 +226,7 @@ def test_adaptive_steps_down_and_back_up(bundle):
         assert [t.cores for t in rt.tiers] == [32, 24, 16, 8]
         assert rt.tier.cores == 32
         # the next rung is already activated: a switch costs no compile
-        assert rt._runners[rt.tiers[1].artifact].active
+        assert rt._runners[(rt.tiers[1].artifact, rt.tiers[1].execution)].active
         for _ in range(12):
             rt.predict(img)
         assert rt.tier.cores == 32 and not rt.switches

@@ -71,6 +71,29 @@ EXPORT_FORMATS: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if f.built
 EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": PRECISIONS, "openvino": PRECISIONS}
 
 
+#: what an execution variant computes in, as a gate precision (``compare.gates``): a bf16 run of
+#: an FP32 graph is judged like a bf16 artifact, never by the FP32 tolerance
+VARIANT_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+PRECISION_ORDER = ("int8", "bf16", "fp16", "fp32")  # least precise first (bf16 keeps 8 mantissa bits, fp16 11)
+
+
+def variant_options(backend: str, variant: str | None) -> dict:
+    """Runner options that select ``variant`` on ``backend`` ({} for the default)."""
+    if variant is None:
+        return {}
+    if variant not in BACKENDS[backend].execution_variants:
+        raise KeyError(f"{backend} has no execution variant {variant!r}")
+    return {"inference_precision": variant}
+
+
+def execution_precision(precision: str, variant: str | None) -> str:
+    """The precision an artifact really computes in under ``variant``: the lower of the two."""
+    if variant is None:
+        return precision
+    v = VARIANT_PRECISION[variant]
+    return min(precision, v, key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99)
+
+
 def format_backend(fmt: str) -> str:
     """The backend that runs ``fmt`` (a KeyError for an unknown format is a bug: the manifest checks)."""
     return FORMATS[fmt].backend

@@ -40,17 +40,21 @@ from .recipe import Fp16Recipe, OrtRecipe
 #: (``CalibStridedMinMax``), so what it holds is bounded by one batch, not by the data.
 BATCH = 16
 STRIDE_BATCHES = 1
-#: Histogram methods (percentile, entropy) keep every activation of a batch: at most this many
-#: pixels per batch (16 images at 128x128, 1 at 512x512).
+#: The augmented calibration graph keeps every calibrated activation of a batch alive until its
+#: ReduceMin/ReduceMax run (measured: veca_small C=16 at 1024 px, batch 16: 11 GB of ORT arena,
+#: then an out-of-memory failure; ~0.7 GB per 1024-px image), so MinMax batches are sized from
+#: the resolution too: at most this many pixels (16 images at 224 px, 3 at 512 px, 1 from 1024 px).
+MINMAX_BATCH_PIXELS = BATCH * 224 * 224
+#: Histogram methods (percentile, entropy) also keep the activations for their histograms: at
+#: most this many pixels per batch (16 images at 128x128, 1 at 512x512).
 HISTOGRAM_BATCH_PIXELS = BATCH * 128 * 128
 
 
 def calibration_batch(method: str, size: tuple[int, int]) -> int:
-    """Images per calibration batch: 16 for MinMax (scalars per batch), fewer for the
-    histogram methods at high resolution."""
-    if method == "minmax":
-        return BATCH
-    return max(1, min(BATCH, HISTOGRAM_BATCH_PIXELS // max(1, size[0] * size[1])))
+    """Images per calibration batch, from the resolution (see MINMAX_BATCH_PIXELS); MinMax ranges
+    do not depend on the batching (a min of mins), histogram ones slightly (keyed apart)."""
+    pixels = MINMAX_BATCH_PIXELS if method == "minmax" else HISTOGRAM_BATCH_PIXELS
+    return max(1, min(BATCH, pixels // max(1, size[0] * size[1])))
 
 
 def calibration_cache_supported() -> bool:

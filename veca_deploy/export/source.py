@@ -23,7 +23,10 @@ def resolve_source(source: str | None, random_weights: bool = False):
                 "random_weights": False, "class_names": list(FASHION_MNIST_CLASSES)}
         from ..model.checkpoint import reference_card
 
-        info["card_top1"] = reference_card().get("test_top1", {})
+        card = reference_card()
+        info["card_top1"] = card.get("test_top1", {})
+        if isinstance((card.get("data") or {}).get("test_images"), int):
+            info["card_samples"] = card["data"]["test_images"]  # what the selector's tie rule needs
         return model, info
     if source in list_models():
         if not random_weights:

@@ -102,7 +102,7 @@ def train(cfg: TrainConfig | None = None, progress: Callable[[int, int, dict], N
     gen = torch.Generator().manual_seed(cfg.seed)
 
     mcfg = model_config(cfg.model, num_classes=10)
-    from .model.veca import VECA
+    from .veca import VECA
 
     model = VECA(mcfg)
     tr_x, tr_y = fashion_mnist("train")

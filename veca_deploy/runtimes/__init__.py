@@ -39,5 +39,21 @@ def backend_available(backend: str) -> bool:
         return False
 
 
+def supported_variants(backend: str, device: str = "CPU") -> tuple[str, ...]:
+    """Execution variants beyond the default that this machine runs natively: OpenVINO's CPU
+    plugin reports BF16 (AVX512-BF16 or AMX) and FP16 (AVX512-FP16 / AMX-FP16, Arm) among its
+    ``OPTIMIZATION_CAPABILITIES``. Emulated precisions are not offered: they are slower."""
+    variants = BACKENDS[backend].execution_variants
+    if not variants or backend != "openvino" or not backend_available(backend):
+        return ()
+    try:
+        import openvino as ov
+
+        caps = set(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # an unknown device or an old release: no variants, never a crash
+        return ()
+    return tuple(v for v, cap in (("bf16", "BF16"), ("f16", "FP16")) if v in variants and cap in caps)
+
+
 __all__ = ["BACKENDS", "FORMAT_BACKEND", "CORE_SELECT", "IMAGES", "Runner", "TensorSpec", "check_feed",
-           "core_select", "create_runner", "runner_class", "backend_available"]
+           "core_select", "create_runner", "runner_class", "backend_available", "supported_variants"]

@@ -17,10 +17,10 @@ from typing import Any, Iterable
 from ..bundle.manifest import Artifact
 from ..bundle.reader import Bundle
 from ..errors import BackendUnavailable, UsageError
-from ..formats import BACKENDS, FORMATS, backend_format, format_backend
-from ..runtimes import backend_available
+from ..formats import BACKENDS, FORMATS, backend_format, execution_precision, format_backend, variant_options
+from ..runtimes import backend_available, supported_variants
 
-PRECISION_RANK = {"fp32": 2, "fp16": 1, "int8": 0}
+PRECISION_RANK = {"fp32": 3, "fp16": 2, "bf16": 1, "int8": 0}
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,29 @@ class Tier:
     precision: str
     backend: str
     artifact: str  # artifact id
+    execution: str | None = None  # execution variant (OpenVINO inference precision), None: the default
 
     def __str__(self) -> str:
-        return f"C={self.cores} {self.height}x{self.width} {self.precision} {self.backend} ({self.artifact})"
+        run = f" {self.backend}" + (f" in {self.execution}" if self.execution else "")
+        return f"C={self.cores} {self.height}x{self.width} {self.precision}{run} ({self.artifact})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"cores": self.cores, "height": self.height, "width": self.width, "precision": self.precision,
-                "backend": self.backend, "artifact": self.artifact}
+                "backend": self.backend, "artifact": self.artifact, "execution": self.execution}
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """(artifact, tier, execution variant). A variant (e.g. OpenVINO running an FP32 IR in bf16)
+    is its own candidate: gated on the golden outputs at its execution precision and timed on
+    its own; its accuracy is the artifact's, which it may claim only because that gate passed
+    (an ungated or failed variant has no timing, so it is never selected)."""
+
     artifact: Artifact
     cores: int
     accuracy: float | None
+    variant: str | None = None
+    samples: int | None = None  # images behind ``accuracy`` (None: unknown)
 
     @property
     def backend(self) -> str:
@@ -54,13 +63,28 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        """Profile key: the artifact id plus the tier (an elastic artifact has several)."""
-        return f"{self.artifact.id}@c{self.cores}"
+        """Profile key: the artifact id plus the tier (an elastic artifact has several), plus the
+        execution variant when it is not the default."""
+        return f"{self.artifact.id}@c{self.cores}" + (f"+{self.variant}" if self.variant else "")
+
+    @property
+    def runner_key(self) -> tuple[str, str | None]:
+        """What one runner serves: the artifact under one execution variant."""
+        return (self.artifact.id, self.variant)
+
+    @property
+    def precision(self) -> str:
+        """The precision it computes in (the gate it is held to)."""
+        return execution_precision(self.artifact.precision, self.variant)
+
+    @property
+    def runner_extra(self) -> dict[str, Any]:
+        return variant_options(self.backend, self.variant)
 
     @property
     def tier(self) -> Tier:
         a = self.artifact
-        return Tier(self.cores, a.height, a.width, a.precision, self.backend, a.id)
+        return Tier(self.cores, a.height, a.width, a.precision, self.backend, a.id, self.variant)
 
     def quality(self) -> tuple:
         """Sort key, larger is better (latency breaks the remaining ties, see :func:`rank`).
@@ -69,7 +93,7 @@ class Candidate:
         a = self.artifact
         acc = self.accuracy
         return (acc is not None, round(acc, 3) if acc is not None else 0.0, self.cores, a.height * a.width,
-                PRECISION_RANK.get(a.precision, -1))
+                PRECISION_RANK.get(self.precision, -1))
 
 
 def as_fraction(v: object) -> float | None:
@@ -90,6 +114,18 @@ def card_accuracy(model: dict[str, Any], cores: int, size: tuple[int, int] | Non
         v = as_fraction(card.get(k))  # type: ignore[call-overload]
         if v is not None:
             return v
+    return None
+
+
+def accuracy_samples(bundle: Bundle, art: Artifact) -> int | None:
+    """How many images the accuracy :func:`accuracy` returns was measured on (None: unknown)."""
+    rec = art.accuracy or {}
+    if rec.get("metric", "top1") == "top1" and "cosine" not in rec and isinstance(rec.get("samples"), int) \
+            and rec["samples"] > 0:
+        return int(rec["samples"])
+    if art.precision == "fp32":
+        n = (bundle.manifest.model or {}).get("card_samples")
+        return int(n) if isinstance(n, int) and n > 0 else None
     return None
 
 
@@ -129,9 +165,14 @@ def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None 
 
 
 def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = None,
-               precisions: list[str] | None = None) -> list[Candidate]:
-    """Every (artifact, tier) the bundle serves on ``backends``, filtered by tiers/precisions."""
+               precisions: list[str] | None = None, variants: bool | Iterable[str] = True) -> list[Candidate]:
+    """Every (artifact, tier, execution variant) the bundle serves on ``backends``, filtered by
+    tiers/precisions. ``variants``: True = each variant this machine runs natively
+    (:func:`~veca_deploy.runtimes.supported_variants`), False = none, or an explicit list."""
     formats = {backend_format(b) for b in backends}
+    native = {b: (supported_variants(b) if variants is True else
+                  () if variants is False else tuple(v for v in variants if v in BACKENDS[b].execution_variants))
+              for b in backends}
     out = []
     for a in bundle.artifacts:
         if a.format not in formats or (precisions and a.precision not in precisions):
@@ -139,5 +180,9 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
         for c in a.tiers:
             if tiers and c not in tiers:
                 continue
-            out.append(Candidate(a, c, accuracy(bundle, a, c)))
+            acc, n = accuracy(bundle, a, c), accuracy_samples(bundle, a)
+            out.append(Candidate(a, c, acc, None, n))
+            for v in native.get(format_backend(a.format), ()):
+                if execution_precision(a.precision, v) != a.precision:  # a variant that changes nothing is not one
+                    out.append(Candidate(a, c, acc, v, n))
     return out

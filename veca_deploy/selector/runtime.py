@@ -86,8 +86,8 @@ class Runtime:
         self._hook = latency_hook
         self._lock = threading.Lock()  # guards the current level and the controller
         self._warm_lock = threading.Lock()  # serializes runner creation / activation
-        self._runners: dict[str, Runner] = {}
-        self._run_locks: dict[str, threading.Lock | None] = {}
+        self._runners: dict[tuple[str, str | None], Runner] = {}
+        self._run_locks: dict[tuple[str, str | None], threading.Lock | None] = {}
         self._level = 0
         self._closed = False
         self.controller: AdaptiveController | None = None
@@ -151,7 +151,7 @@ class Runtime:
             level = self._level
             rung = self._rungs[level]
         art = rung.cand.artifact
-        runner = self._runner(art)
+        runner = self._runner(rung.cand)
         x = self._prepare(images, rung.cand.tier)
         n = x.shape[0]
         fixed = art.batch if isinstance(art.batch, int) else None
@@ -159,7 +159,7 @@ class Runtime:
         # with a ceiling (a TensorRT engine's profile max) at most max_batch images per call
         step = fixed or (art.max_batch if isinstance(art.max_batch, int) and art.max_batch > 0 else None)
         chunks = [x] if step is None else [x[i:i + step] for i in range(0, n, step)]
-        lock = self._run_locks.get(art.id)
+        lock = self._run_locks.get(rung.cand.runner_key)
         outs: list[dict[str, np.ndarray]] = []
         elapsed = 0.0
         for chunk in chunks:
@@ -229,21 +229,24 @@ class Runtime:
         return self.bundle.preprocess(images, (h, w))
 
     # ------------------------------------------------------------------ runners
-    def _runner(self, art) -> Runner:
-        r = self._runners.get(art.id)
+    def _runner(self, cand) -> Runner:
+        r = self._runners.get(cand.runner_key)
         if r is None or not r.active:
             with self._warm_lock:
-                r = self._make(art)
+                r = self._make(cand)
         return r
 
-    def _make(self, art) -> Runner:
-        r = self._runners.get(art.id)
+    def _make(self, cand) -> Runner:
+        """The runner of ``cand``'s artifact under its execution variant (one per pair)."""
+        key = cand.runner_key
+        r = self._runners.get(key)
         if r is None:
+            art = cand.artifact
             backend = format_backend(art.format)
-            r = create_runner(backend, self.bundle.path_of(art), **runner_options(backend, self._threads,
-                                                                                   self._runner_extra))
-            self._run_locks[art.id] = None if BACKENDS[backend].thread_safe else threading.Lock()
-            self._runners[art.id] = r
+            extra = {**(self._runner_extra or {}), **cand.runner_extra}  # what the profile timed and gated
+            r = create_runner(backend, self.bundle.path_of(art), **runner_options(backend, self._threads, extra))
+            self._run_locks[key] = None if BACKENDS[backend].thread_safe else threading.Lock()
+            self._runners[key] = r
         if not r.active:
             r.activate()
         return r
@@ -253,7 +256,7 @@ class Runtime:
         with self._warm_lock:
             for lv in (level, level + 1, level - 1):
                 if 0 <= lv < len(self._rungs):
-                    self._make(self._rungs[lv].cand.artifact)
+                    self._make(self._rungs[lv].cand)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -2,8 +2,12 @@
 
 A candidate fits when its latency at ``percentile`` (from this device's profile) is at most
 ``budget_ms * (1 - margin)``: the margin absorbs what a profile cannot see (other processes,
-thermal throttling, preprocessing). Among the fitting candidates the best quality wins
-(:meth:`Candidate.quality`), ties go to the faster one (usually: which backend).
+thermal throttling, preprocessing). Among the fitting candidates the best quality
+(:meth:`Candidate.quality`) leads; every fitting candidate whose accuracy is within the
+evaluation's resolution of the leader's is tied with it (:func:`resolution`), and the tie goes
+to the lowest latency, then the smallest artifact. The same artifact and tier under another
+execution variant (gated on the golden outputs) is always tied with it. The decision records
+why it chose, what tied and on how many images the accuracies rest.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Selection:
     device: str
     profiled: bool = False  # whether this call had to measure
     skipped: list[str] = field(default_factory=list)
+    decision: dict[str, Any] = field(default_factory=dict)  # why: leader, ties, resolution, samples
 
     @property
     def limit_ms(self) -> float | None:
@@ -58,7 +63,7 @@ class Selection:
                 "margin": self.margin, "limit_ms": None if limit is None else round(limit, 4),
                 "profiled": self.profiled, "chosen": self.chosen.to_dict(),
                 "candidates": [{**m.to_dict(), "fits": limit is None or m.latency_ms <= limit} for m in self.ranked],
-                "skipped": self.skipped}
+                "skipped": self.skipped, "decision": self.decision}
 
 
 def check_budget(budget_ms: float | None, percentile: float, margin: float) -> None:
@@ -75,6 +80,47 @@ def check_budget(budget_ms: float | None, percentile: float, margin: float) -> N
 
 def rank(measured: list[Measured]) -> list[Measured]:
     return sorted(measured, key=lambda m: (tuple(-v for v in m.cand.quality()), m.latency_ms, m.cand.key))
+
+
+#: two-sided 95 % normal quantile for the difference of two top-1 estimates
+TIE_Z = 1.96
+#: accuracy difference treated as a tie when a sample size is unknown (0.1 point)
+TIE_UNKNOWN = 0.001
+
+
+def resolution(a: Candidate, b: Candidate) -> float:
+    """Smallest top-1 difference (fraction) the evaluation behind ``a`` and ``b`` resolves: TIE_Z
+    standard errors of the difference of two independent binomial estimates (conservative: a
+    paired comparison on the same images would resolve less, and needs per-image records), or
+    0.1 point when a sample size is unknown."""
+    pa, pb, na, nb = a.accuracy, b.accuracy, a.samples, b.samples
+    if pa is None or pb is None or not na or not nb:
+        return TIE_UNKNOWN
+    return max(TIE_UNKNOWN, TIE_Z * math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb))
+
+
+def tied_with(leader: Measured, m: Measured) -> bool:
+    """Whether ``m`` is as accurate as ``leader`` as far as the evaluation can tell."""
+    a, b = leader.cand, m.cand
+    if (a.artifact.id, a.cores) == (b.artifact.id, b.cores):
+        return True  # the same graph and tier under another (gated) execution variant
+    if a.accuracy is None or b.accuracy is None:
+        return False  # nothing measured: ranked by cores / pixels / precision, no tie claimed
+    return a.accuracy - b.accuracy <= resolution(a, b) + 1e-12
+
+
+def decide(fitting: list[Measured]) -> tuple[Measured, dict[str, Any]]:
+    """The choice among ``fitting`` (best quality first) and why."""
+    leader = fitting[0]
+    tied = [m for m in fitting if tied_with(leader, m)]
+    chosen = min(tied, key=lambda m: (m.latency_ms, m.cand.artifact.bytes, m.cand.key))
+    why = ("the most accurate fitting candidate" if chosen is leader and len(tied) == 1 else
+           "the most accurate fitting candidate, and the fastest of those tied with it" if chosen is leader else
+           f"tied in accuracy with the most accurate ({leader.cand.key}) within the evaluation's resolution, "
+           "and faster")
+    return chosen, {"reason": why, "leader": leader.cand.key, "tied": [m.cand.key for m in tied],
+                    "resolution": {m.cand.key: round(resolution(leader.cand, m.cand), 5) for m in tied if m is not leader},
+                    "samples": {m.cand.key: m.cand.samples for m in tied}, "rule": f"z={TIE_Z}, unpaired binomial"}
 
 
 def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, backend: Any = "auto",
@@ -128,7 +174,8 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
     ranked = rank(measured)
     device = profile.device if profile is not None else ""
     if budget_ms is None:
-        chosen = ranked[0]
+        chosen, decision = ranked[0], {"reason": "no budget: the most accurate candidate", "leader": ranked[0].cand.key,
+                                       "tied": [ranked[0].cand.key]}
     else:
         limit = budget_ms * (1 - margin)
         fitting = [m for m in ranked if m.latency_ms <= limit]
@@ -137,5 +184,6 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
             raise BudgetError(f"no tier fits {budget_ms:g} ms (p{percentile:g} <= {limit:.3g} ms with margin "
                               f"{margin:g}) on {device}: the fastest, {fastest.cand.tier}, takes "
                               f"{fastest.latency_ms:.3g} ms")
-        chosen = fitting[0]
-    return Selection(chosen, ranked, budget_ms, float(percentile), float(margin), device, profiled, skipped)
+        chosen, decision = decide(fitting)
+    return Selection(chosen, ranked, budget_ms, float(percentile), float(margin), device, profiled, skipped,
+                     decision)

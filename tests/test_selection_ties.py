@@ -1,0 +1,114 @@
+"""The selector respects what its evaluation resolves (ties go to the faster candidate) and
+treats execution variants (OpenVINO bf16) as candidates that must pass the golden gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import veca_deploy
+from veca_deploy.bundle.manifest import Artifact
+from veca_deploy.bundle.reader import Bundle
+from veca_deploy.runtimes import supported_variants
+from veca_deploy.selector.candidates import Candidate
+from veca_deploy.selector.profile import profile_path
+from veca_deploy.selector.select import Measured, decide, resolution, select
+
+
+def _m(aid: str, cores: int, acc: float | None, n: int | None, ms: float, variant: str | None = None,
+       nbytes: int = 1000) -> Measured:
+    a = Artifact(format="onnx", precision="fp32", cores=cores, height=28, width=28, path=f"onnx/{aid}.onnx",
+                 sha256="0" * 64, bytes=nbytes, id=aid, tiers=[cores])
+    return Measured(Candidate(a, cores, acc, variant, n), ms)
+
+
+def _ranked(*ms: Measured) -> list[Measured]:
+    from veca_deploy.selector.select import rank
+
+    return rank(list(ms))
+
+
+def test_a_difference_below_the_samples_resolution_is_a_tie_and_the_faster_wins():
+    """The quickstart case: 88.65 % vs 88.55 % on 2,000 images each is noise (resolution ~2
+    points), so the 1.9x faster candidate is chosen and the decision says why."""
+    slow = _m("int8-el", 32, 0.8865, 2000, 1.71)
+    fast = _m("fp32-el", 32, 0.8855, 2000, 0.90)
+    chosen, why = decide(_ranked(slow, fast))
+    assert chosen is fast
+    assert set(why["tied"]) == {slow.cand.key, fast.cand.key} and why["leader"] == slow.cand.key
+    assert 0.015 < resolution(slow.cand, fast.cand) < 0.025 and "tied" in why["reason"]
+    assert why["samples"] == {slow.cand.key: 2000, fast.cand.key: 2000}
+
+
+def test_a_resolved_difference_is_not_a_tie():
+    better = _m("a", 32, 0.90, 100_000, 2.0)
+    worse = _m("b", 24, 0.88, 100_000, 1.0)  # 2 points on 100k images: ~7 standard errors
+    chosen, why = decide(_ranked(better, worse))
+    assert chosen is better and why["tied"] == [better.cand.key]
+
+
+def test_without_sample_sizes_only_a_tenth_of_a_point_ties():
+    lead = _m("a", 32, 0.881, None, 2.0)
+    assert decide(_ranked(lead, _m("b", 24, 0.8805, None, 1.0)))[0].cand.key == "b@c24"
+    assert decide(_ranked(lead, _m("c", 24, 0.878, None, 1.0)))[0] is lead
+
+
+def test_unknown_accuracy_claims_no_tie_but_a_variant_of_the_same_tier_does():
+    lead = _m("a", 32, None, None, 2.0)
+    other = _m("b", 24, None, None, 1.0, nbytes=10)  # fewer cores: ranked below, never tied
+    variant = _m("a", 32, None, None, 1.5, variant="bf16")
+    chosen, why = decide(_ranked(lead, other, variant))
+    assert chosen is variant and other.cand.key not in why["tied"]
+    # equal latency: the smaller artifact wins the tie
+    x, y = _m("x", 8, 0.9, 1000, 1.0, nbytes=500), _m("y", 8, 0.9, 1000, 1.0, nbytes=100)
+    assert decide(_ranked(x, y))[0] is y
+
+
+# ---------------------------------------------------------------------------- bf16 on real OpenVINO
+needs_bf16 = pytest.mark.skipif("bf16" not in supported_variants("openvino"),
+                                reason="this CPU reports no native BF16 to OpenVINO (needs AVX512-BF16 or AMX)")
+
+
+@pytest.fixture()
+def copy(tiny_bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+
+
+@needs_bf16
+def test_bf16_variant_is_gated_timed_and_served_in_bf16(copy):
+    sel = select(Bundle.open(copy), 1e6, backend="openvino", tiers=[8], count=5, warmup=1)
+    keys = {m.cand.key for m in sel.ranked}
+    assert "openvino-fp32-c8-28x28@c8+bf16" in keys and "openvino-fp32-c8-28x28@c8" in keys
+    entries = json.loads(profile_path(copy).read_text())["entries"]
+    e = entries["openvino-fp32-c8-28x28@c8+bf16"]
+    assert e["error"] is None and e["gate"]["passed"] and e["gate"]["precision"] == "bf16"
+    assert e["runner"]["INFERENCE_PRECISION_HINT"] == "bf16" and e["execution_precision"] == "bf16"
+    # f32 and bf16 of the same tier always tie; Runtime serves what select chose, in that precision
+    pair = {m.cand.key for m in sel.ranked if m.cand.artifact.id == "openvino-fp32-c8-28x28"}
+    if sel.chosen.cand.key in pair:
+        assert pair <= set(sel.decision["tied"])
+        assert sel.chosen.latency_ms == min(m.latency_ms for m in sel.ranked if m.cand.key in pair)
+    with veca_deploy.Runtime.open(copy, budget_ms=1e6, backend="openvino", tiers=[8], measure=False) as rt:
+        assert rt.tier == sel.chosen.cand.tier
+        pred = rt.predict(np.zeros((2, 28, 28), np.uint8))
+        hint = rt._runners[sel.chosen.cand.runner_key].describe().get("INFERENCE_PRECISION_HINT")
+    assert hint == (sel.chosen.cand.variant or "f32") and np.isfinite(pred["global"]).all()
+
+
+@needs_bf16
+def test_a_variant_that_failed_its_gate_is_never_selected(copy):
+    select(Bundle.open(copy), 1e6, backend="openvino", tiers=[8], count=5, warmup=1)
+    p = profile_path(copy)
+    d = json.loads(p.read_text())
+    key = "openvino-fp32-c8-28x28@c8+bf16"
+    d["entries"][key]["error"] = "wrong numbers vs the golden outputs here"
+    # make the failed variant look fastest: it must still not be chosen
+    d["entries"][key]["timing"]["percentiles_ms"] = {k: 1e-6 for k in d["entries"][key]["timing"]["percentiles_ms"]}
+    p.write_text(json.dumps(d))
+    sel = select(Bundle.open(copy), 1e6, backend="openvino", tiers=[8], measure=False)
+    assert sel.chosen.cand.key != key and key not in {m.cand.key for m in sel.ranked}
+    assert any(s.startswith(key) for s in sel.skipped)
