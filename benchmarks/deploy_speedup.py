@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 NAME = "deploy_speedup"
-VARIANTS = ("torch_fp32", "ort_fp32", "ort_fp16", "ort_int8", "ort_int8_u8s8", "ov_fp32", "ov_fp16", "ov_int8")
+VARIANTS = ("torch_fp32", "ort_fp32", "ort_fp16", "ort_int8", "ort_int8_u8s8", "ov_fp32", "ov_fp16", "ov_int8",
+            "ov_fp32_bf16", "ov_fp32_f16")  # the last two: execution variants, where the CPU runs them natively
 
 
 def parse(argv=None):
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
     from veca_deploy.model.flops import forward_flops
     from veca_deploy.model.registry import create_model
     from veca_deploy.preprocess import Preprocess
-    from veca_deploy.runtimes import create_runner
+    from veca_deploy.runtimes import create_runner, supported_variants
 
     fp = cm.fingerprint(a.threads)
     ort_opts = {"threads": a.threads} if a.threads else {}
@@ -151,6 +152,8 @@ def main(argv=None) -> dict:
             runners = {"ort_fp32": create_runner("onnxruntime", onnx_p, **ort_opts),
                        "ov_fp32": create_runner("openvino", xml32, **ov_opts),
                        "ov_fp16": create_runner("openvino", xml16, **ov_opts)}
+            for v in supported_variants("openvino"):  # the selector's execution variants, same settings
+                runners[f"ov_fp32_{v}"] = create_runner("openvino", xml32, **{**ov_opts, "inference_precision": v})
             if (c, size) in a.int8:
                 if cal is None:
                     cal = load_calibration(raw, pre, (size, size), count=a.calib_count, force=True)

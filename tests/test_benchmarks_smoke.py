@@ -130,7 +130,10 @@ def test_deploy_speedup_smoke(tmp_path, tiny_bundle):
     assert [(r["model"], r["size"], r["cores"]) for r in d["rows"]] == want
     for r in d["rows"]:
         # no INT8 asked for: FP32/FP16 only; the reference rows time what the bundle holds (ONNX FP32)
-        variants = {"torch_fp32", "ort_fp32"} | (set() if r["reference"] else {"ov_fp32", "ov_fp16"})
+        from veca_deploy.runtimes import supported_variants
+
+        native = {f"ov_fp32_{v}" for v in supported_variants("openvino")}  # bf16 where the CPU has it
+        variants = {"torch_fp32", "ort_fp32"} | (set() if r["reference"] else {"ov_fp32", "ov_fp16"} | native)
         assert set(r["ms"]) == set(r["timings"]) == variants and r["reference"] == r["model"].endswith("(reference)")
         cfg = model_config("veca_tiny") if not r["reference"] else b.manifest.model["config"]
         assert r["flops"] == forward_flops(cfg, r["size"], r["size"], r["cores"])

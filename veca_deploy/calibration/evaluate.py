@@ -42,10 +42,11 @@ COSINE_GATE_SAMPLES = 256
 #: A mean feature cosine against a 0.99 floor is resolved by a few images (an FP16 backbone sits
 #: at ~0.9999 with a per-image spread ~1e-4; the golden-output gate, cosine >= 0.999 for FP16, has
 #: already run on real photos at the tier's size), so the held-out cosine gate takes at most this
-#: many pixels per artifact-tier: 256 images at 28 px, 83 at 224 px, 16 at 512 px, 4 (the minimum)
-#: from 1024 px. At 1024 px on 2 cores that is ~1.5 s per forward pass: 16 images took 5 of the
-#: 11 minutes of a 4-tier FP32+FP16 export, 4 take about 1.5.
-COSINE_GATE_PIXELS = 1 << 22
+#: many pixels per artifact-tier: 256 images at 28 px, 20 at 224 px, 4 (the minimum) from 512 px.
+#: Measured (veca_small, 4 tiers, 2 cores): this gate was the largest stage of an FP32+FP16 export
+#: at every size (210 s of 405 s at 224 px with 83 images; 252 s of 524 s at 1024 px with 4),
+#: because ONNX Runtime runs FP16 graphs on CPUs without native FP16 far slower than FP32.
+COSINE_GATE_PIXELS = 1 << 20
 COSINE_GATE_MIN = 4
 
 
