@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         feed = {"images": x, **({CORE_SELECT: core_select(tier.cores)} if art.elastic else {})}
         # the Runtime's own runner: every variant drives the same session / thread pool, so the
         # comparison is not between two thread pools fighting over the cores
-        runner = rt._runner(art)
+        runner = rt._runner(rt._rungs[0].cand)
         if backend == "onnxruntime":
             sess, names = runner.session, runner.output_names()
             bare = lambda: sess.run(names, feed)  # noqa: E731

@@ -2,17 +2,114 @@
 
 Every command lives in ``veca_deploy/commands/<name>.py`` and is registered here. Our typed
 errors become one line on stderr and the error class's exit code; ``--debug`` shows tracebacks.
+
+Signals: while a command runs, SIGINT raises ``KeyboardInterrupt`` and SIGTERM / SIGHUP raise
+:class:`Terminated` (a ``KeyboardInterrupt``), so staged writes unwind and remove their
+``.partial-*`` folders exactly as on Ctrl-C; the exit code is 128 + the signal number (130, 143,
+129) and stderr gets one line. A signal that is ignored when veca-deploy starts (``nohup``, a
+background job of a script) stays ignored. If the unwinding has not finished
+:data:`SIGNAL_GRACE_S` seconds after the signal (the main thread is stuck in native code, or a
+library swallowed the exception), a watchdog removes the staging folders and exits anyway. The
+program exits with ``os._exit`` after an interrupt, so no worker thread of a library can hold up
+the interpreter's shutdown.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from importlib import import_module
 
 import click
 
 from .errors import VecaError
+
+#: seconds between a signal and the forced exit when the unwinding does not finish by itself
+SIGNAL_GRACE_S = 10.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP as an exception: unwinds like Ctrl-C, so staged writes clean up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _SignalTrap:
+    """Turns SIGINT / SIGTERM / SIGHUP into exceptions for the duration of one ``main`` call (main
+    thread only) and arms the watchdog that exits if the unwinding hangs."""
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict[int, object] = {}
+        self._fired = threading.Event()  # a signal arrived, or main returned (then _finished is set)
+        self._finished = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.NAMES:
+            s = getattr(signal, name, None)
+            if s is None:
+                continue
+            h = signal.getsignal(s)
+            if h is None or h == signal.SIG_IGN:  # set outside Python, or ignored (nohup): leave it
+                continue
+            self._saved[s] = h
+            signal.signal(s, self._on_signal)
+        if self._saved:
+            # started now, not in the handler: starting a thread there could deadlock on the
+            # threading module's own lock if the signal interrupted the main thread inside it
+            self._watchdog = threading.Thread(target=self._watch, name="veca-deploy-signal-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def restore(self) -> None:
+        for s, h in self._saved.items():
+            signal.signal(s, h)
+        self._saved.clear()
+        self._finished.set()
+        self._fired.set()  # wakes the watchdog, which sees _finished and returns
+
+    def _on_signal(self, signum: int, frame) -> None:  # noqa: ARG002
+        if self.signum is not None:
+            return  # already unwinding: a second Ctrl-C must not cut the cleanup short
+        self.signum = signum
+        self._fired.set()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
+    def _watch(self) -> None:
+        self._fired.wait()
+        if self._finished.wait(SIGNAL_GRACE_S) or self.signum is None:
+            return
+        from .bundle.io import discard_active_stages
+
+        discard_active_stages()
+        _write_err(f"{self.message()}; still busy after {SIGNAL_GRACE_S:g} s, exiting now")
+        os._exit(self.exit_code())
+
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    def message(self) -> str:
+        if self.signum in (None, signal.SIGINT):
+            return "veca-deploy: interrupted"
+        return f"veca-deploy: terminated ({signal.Signals(self.signum).name})"
+
+
+def _write_err(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except Exception:  # a closed or broken stderr must not keep us from exiting
+        pass
 
 #: command name -> module under veca_deploy.commands exposing ``command`` (a click.Command)
 COMMANDS = {
@@ -57,12 +154,43 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; ``argv=None`` (the ``veca-deploy`` program) reads ``sys.argv`` and, after
+    an interrupt, leaves through ``os._exit`` once the staging folders are gone."""
+    trap = _SignalTrap()
+    trap.install()
+    try:
+        code = _main(argv, trap)
+    except KeyboardInterrupt:  # arrived after the command, before the handlers were restored
+        _write_err(trap.message())
+        code = trap.exit_code()
+    finally:
+        trap.restore()
+    if argv is None and trap.signum is not None:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's shutdown (no joining of library worker threads, no native
+    static destructors that might wait on an interrupted thread pool)."""
+    from .bundle.io import discard_active_stages
+
+    discard_active_stages()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _main(argv: list[str] | None, trap: _SignalTrap) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("VECA_DEBUG")
     try:
         cli.main(args=argv, prog_name="veca-deploy", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("veca-deploy: interrupted", err=True)
-        return 130
+        _write_err(trap.message())
+        return trap.exit_code()
     except click.UsageError as e:  # bad option / missing argument: one line too
         sub = e.ctx.command_path.partition(" ")[2] if e.ctx else ""
         hint = f" (see 'veca-deploy {sub} --help')" if sub else " (see --help)"
@@ -74,19 +202,28 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except VecaError as e:
+        if trap.signum is not None:  # the interrupt surfaced as one of our errors
+            _write_err(trap.message())
+            return trap.exit_code()
         if debug:
             raise
         click.echo(f"veca-deploy: error: {_one_line(e)}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
-        click.echo("veca-deploy: interrupted", err=True)
-        return 130
+        _write_err(trap.message())
+        return trap.exit_code()
     except OSError as e:  # the OS refused (disk full, I/O error, permissions): not a bug of ours
+        if trap.signum is not None:  # a library turned our interrupt into another error
+            _write_err(trap.message())
+            return trap.exit_code()
         if debug:
             raise
         click.echo(f"veca-deploy: error: {_one_line(e)}", err=True)
         return 74
     except Exception as e:  # a bug of ours: still one line, but say so
+        if trap.signum is not None:
+            _write_err(trap.message())
+            return trap.exit_code()
         if debug:
             raise
         click.echo(f"veca-deploy: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug)", err=True)

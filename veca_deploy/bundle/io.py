@@ -1,4 +1,10 @@
-"""Atomic bundle writes and integrity checks (hashes, sizes, paths that stay inside)."""
+"""Atomic bundle writes and integrity checks (hashes, sizes, paths that stay inside).
+
+Staging folders (``.<name>.partial-*`` beside the target) are registered while they exist, so a
+last-resort exit (the CLI after SIGTERM, see ``veca_deploy/cli.py``) can remove them; the two
+renames of a swap and the removal of a staging folder run with SIGINT / SIGTERM / SIGHUP held back
+(re-delivered right after), so a signal never cuts a swap in half.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +33,85 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def file_entry(root: Path, rel: str) -> FileEntry:
     p = root / rel
     return FileEntry(path=rel, sha256=sha256_file(p), bytes=p.stat().st_size)
+
+
+#: staging folders of this process that are neither swapped in nor removed yet
+_ACTIVE_STAGES: set[Path] = set()
+#: held while a swap renames folders (a last-resort cleanup waits for it)
+_SWAP_LOCK = threading.RLock()
+_HELD_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold back SIGINT / SIGTERM / SIGHUP for the duration of the block and re-deliver them
+    (to whatever handler was there) at its end. Only in the main thread (where Python runs signal
+    handlers); an ignored signal stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved: dict[int, object] = {}
+
+    def hold(signum, frame):  # noqa: ARG001
+        pending.append(signum)
+
+    try:
+        for s in _HELD_SIGNALS:
+            h = signal.getsignal(s)
+            if h is None or h == signal.SIG_IGN:  # installed outside Python, or ignored: leave it
+                continue
+            saved[s] = h
+            signal.signal(s, hold)
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
+
+
+def _discard(stage: Path) -> None:
+    shutil.rmtree(stage, ignore_errors=True)
+    _ACTIVE_STAGES.discard(stage)
+
+
+def discard_active_stages(timeout: float = 10.0) -> None:
+    """Remove every staging folder this process still has (for an exit that skips the normal
+    unwinding). Waits up to ``timeout`` seconds for a swap in progress to finish first."""
+    locked = _SWAP_LOCK.acquire(timeout=timeout)
+    try:
+        for stage in list(_ACTIVE_STAGES):
+            _discard(stage)
+    finally:
+        if locked:
+            _SWAP_LOCK.release()
+
+
+def _new_stage(parent: Path, name: str) -> Path:
+    """``.<name>.partial-*`` in ``parent``, registered, with the mode of a normally created
+    folder (mkdtemp's is 0700, which would make the bundle private to its writer)."""
+    with deferred_signals():
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent))
+        _ACTIVE_STAGES.add(stage)
+    try:
+        os.chmod(stage, 0o777 & ~_umask())
+    except OSError:
+        pass
+    return stage
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7: no need to change the process umask to read it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
@@ -48,14 +135,15 @@ def staged_bundle(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
         raise OutputExistsError(f"{out} exists and is not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        stage = _new_stage(out.parent, out.name)
     except OSError as e:  # parent is a file, read-only, permission denied, ...
         raise UsageError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     try:
         yield stage
         swap_in(stage, out)
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        with deferred_signals():  # a second Ctrl-C must not leave half a staging folder
+            _discard(stage)
         raise
 
 
@@ -69,30 +157,35 @@ def staged_update(bundle: str | os.PathLike) -> Iterator[Path]:
     src = Path(bundle)
     if not (src / MANIFEST_NAME).is_file():
         raise BundleError(f"{src}: not a bundle (no {MANIFEST_NAME})")
-    stage = Path(tempfile.mkdtemp(prefix=f".{src.name}.partial-", dir=src.parent))
+    stage = _new_stage(src.parent, src.name)
     try:
         shutil.copytree(src, stage, dirs_exist_ok=True, symlinks=True)
         yield stage
         swap_in(stage, src)
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        with deferred_signals():
+            _discard(stage)
         raise
 
 
 def swap_in(stage: Path, out: Path) -> None:
-    """Replace ``out`` by ``stage`` with renames only (the old folder survives until the end)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out, old)
-        try:
+    """Replace ``out`` by ``stage`` with renames only (the old folder survives until the end).
+    Signals are held back until both renames are done (or undone)."""
+    with deferred_signals(), _SWAP_LOCK:
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out, old)
+            try:
+                os.rename(stage, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            _ACTIVE_STAGES.discard(stage)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
             os.rename(stage, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, out)
+            _ACTIVE_STAGES.discard(stage)
 
 
 def verify_file(root: Path, rel: str, digest: str, size: int, what: str) -> Path:

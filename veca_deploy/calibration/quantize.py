@@ -111,11 +111,11 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
             jobs.append((a, "int8"))
     if not jobs:
         raise QuantizationError("no FP32 artifacts to derive " + "/".join(precisions) + f" from (formats {formats})")
-    report("calibration", advance=0)
-
     cals: dict[tuple[int, int], CalibrationSet] = {}
     if "int8" in precisions:
         for size in sorted({a.size for a, p in jobs if p == "int8"}):
+            report(f"calibration data {size[0]}x{size[1]}: reading and hashing {plan.count or 'the default number of'} "
+                   "images", advance=0)
             cals[size] = load_calibration(plan.calib, pre, size, count=plan.count, seed=plan.seed,
                                           force=plan.allow_small, channels=channels)
 
@@ -124,7 +124,10 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
     with Comparator() as comp:
         refs = BundleReferences(stage, manifest, comp)
         for src, prec in jobs:
-            report(f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}",
+            cal = cals.get(src.size)
+            work = (f": calibrating, {cal.count} forward passes (tiers take turns per batch), then parity"
+                    if prec == "int8" and cal is not None else "")
+            report(f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}{work}",
                    advance=0)
             art = _derive(stage, src, prec, cals.get(src.size), plan, refs, failures)
             added.append(art)

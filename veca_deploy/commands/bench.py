@@ -3,6 +3,10 @@
 Uses the same harness and runner settings as the selector, and saves the result as the
 bundle's profile for this device (``DIR/profiles/<device>.json``), so ``select`` and
 ``Runtime.open`` reuse it instead of measuring again. Nothing else in the bundle is written.
+A bundle that cannot be written here (read-only) gets its profile in the cache
+(``<cache root>/profiles/<manifest sha256>/<device>.json``, see
+:func:`veca_deploy.selector.profile.save_profile`), where ``select`` and ``Runtime.open`` find it;
+the command says where it went. ``--out FILE`` writes the profile to FILE instead.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ def _f(v: float | None, nd: int = 2) -> str:
 @click.option("--threads", type=int, default=None, help="Intra-op threads per runner (default: runtime's choice).")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="Write a latency-vs-accuracy PNG here (outside the bundle).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the profile to this file (outside the bundle) instead of DIR/profiles/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measured entries as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(bundle, backend, tiers, precisions, count, duration, warmup, threads, plot, as_json, quiet):
-    """Benchmark BUNDLE on this device and save DIR/profiles/<device>.json."""
+def command(bundle, backend, tiers, precisions, count, duration, warmup, threads, plot, out_file, as_json, quiet):
+    """Benchmark BUNDLE on this device and save DIR/profiles/<device>.json (the cache when
+    BUNDLE is read-only, FILE with --out)."""
     from ..bundle.reader import Bundle
     from ..selector.candidates import candidates, resolve_backends
-    from ..selector.profile import load_profile, measure_candidates, save_profile
+    from ..selector.profile import load_profile, measure_candidates, profile_path, save_profile, write_profile
 
     if count is not None and duration is not None:
         raise UsageError("pass --count or --duration, not both")
@@ -59,6 +66,10 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     b = Bundle.open(bundle)
     if plot and _inside(Path(plot), b.root):
         raise UsageError(f"--plot {plot} is inside the bundle; bench writes only profiles/ there")
+    if out_file and _inside(Path(out_file), b.root):
+        raise UsageError(f"--out {out_file} is inside the bundle; bench writes only profiles/ there")
+    if out_file and Path(out_file).is_dir():
+        raise UsageError(f"--out {out_file} is a folder; give a file name")
     tier_list = parse_int_list(tiers, "--tiers")
     prec_list = parse_list(precisions)
     for p in prec_list or []:
@@ -75,7 +86,13 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     with progress_reporter(not quiet and not as_json) as rep:
         prof = measure_candidates(b, cands, count=count, duration_s=duration, warmup=warmup, threads=threads,
                                   profile=prof, progress=rep)
-    path = save_profile(b, prof)
+    if out_file:
+        path = write_profile(out_file, prof)
+    else:
+        path = save_profile(b, prof)
+        if path != profile_path(b.root, prof.device):
+            console.print(f"{b.root} is read-only here: profile saved to {path} "
+                          "(select and Runtime.open read it from there)", highlight=False, soft_wrap=True)
     rows = [(c, prof.entries.get(c.key)) for c in cands]
     if as_json:
         click.echo(json.dumps({"device": prof.device, "profile": str(path), "fingerprint": prof.fingerprint,

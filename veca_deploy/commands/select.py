@@ -39,6 +39,15 @@ class _LazyProgress:
         self.rep(*args, **kwargs)
 
 
+def _saved_profile(b):
+    """The profile file ``select`` just wrote: the bundle's, or the cache's when the bundle is
+    read-only (the newer of the two when both exist)."""
+    from ..selector.profile import profile_locations
+
+    paths = profile_locations(b)
+    return max(paths, key=lambda p: p.stat().st_mtime_ns) if paths else None
+
+
 @click.command("select")
 @click.argument("bundle", type=click.Path())
 @click.option("--budget-ms", required=True, callback=_budget, help="Latency budget per image in milliseconds.")
@@ -69,21 +78,32 @@ def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, c
         sel = select(b, budget_ms, percentile=percentile, backend=backend, margin=margin,
                      tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
                      measure=not no_measure, count=count, threads=threads, progress=rep)
+    saved = _saved_profile(b) if sel.profiled else None
+    if saved is not None and saved.parent != b.root / "profiles":
+        console.print(f"{b.root} is read-only here: profile saved to {saved} "
+                      "(select and Runtime.open read it from there)", highlight=False, soft_wrap=True)
     if as_json:
-        click.echo(json.dumps(sel.to_dict(), indent=1))
+        click.echo(json.dumps({**sel.to_dict(), "profile": None if saved is None else str(saved)}, indent=1))
         return
     if sel.profiled:
-        console.print(f"profiled this device ({sel.device}) and saved it in {b.root}/profiles/")
+        console.print(f"profiled this device ({sel.device}) and saved it in {saved or b.root / 'profiles'}",
+                      highlight=False, soft_wrap=True)
     limit = sel.limit_ms
     t = Table("", "artifact", "C", "size", f"p{sel.percentile:g} ms", "top-1", "fits", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
     for m in sel.ranked:
         tier = m.cand.tier
-        t.add_row("->" if m is sel.chosen else "", tier.artifact, str(tier.cores),
+        t.add_row("->" if m is sel.chosen else "", tier.artifact + (f" ({tier.execution})" if tier.execution else ""),
+                  str(tier.cores),
                   f"{tier.height}x{tier.width}", f"{m.latency_ms:.3f}",
-                  "-" if m.cand.accuracy is None else f"{m.cand.accuracy:.4f}",
+                  "-" if m.cand.accuracy is None else
+                  f"{100 * m.cand.accuracy:.2f}%" + (f" (n={m.cand.samples})" if m.cand.samples else ""),
                   "yes" if limit is None or m.latency_ms <= limit else "no")
     out.print(t)
     c = sel.chosen
     out.print(f"selected [bold]{c.cand.tier}[/bold]: p{sel.percentile:g} {c.latency_ms:.3f} ms <= "
               f"{limit:.3f} ms (budget {budget_ms:g} ms, margin {sel.margin:g}) on {sel.device}")
+    d = sel.decision or {}
+    if d.get("reason"):
+        ties = [k for k in d.get("tied", []) if k != c.cand.key]
+        out.print(f"why: {d['reason']}" + (f"; tied: {', '.join(ties)}" if ties else ""))

@@ -5,11 +5,20 @@ temporary file in ``profiles/`` and renamed, so a reader never sees half a file)
 keyed by artifact id and tier and carry the artifact's sha256: after a re-export or quantize
 replaced a graph, its old timing is ignored instead of trusted. A profile measured on another
 device is never used (different file name).
+
+A read-only bundle (a read-only mount, a folder the service user cannot write) still gets a
+profile: :func:`save_profile` then writes it to the cache,
+``<cache root>/profiles/<sha256 of manifest.json>/<device-id>.json`` (cache root:
+``$VECA_CACHE_DIR``, else ``$XDG_CACHE_HOME/veca-deploy``, else ``~/.cache/veca-deploy``; the
+same root as the calibration cache), and :func:`load_profile` reads both places, newest entry
+first. The key is the manifest's hash, so a re-exported or re-quantized bundle never sees the old
+numbers, and a copy of the same bundle elsewhere finds them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import tempfile
@@ -19,7 +28,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..bundle.io import sha256_file
+from ..bundle.manifest import MANIFEST_NAME
 from ..bundle.reader import Bundle
+from ..calibration.cache import cache_root
 from ..compare.comparator import compare, run_outputs
 from ..compare.golden import Golden
 from ..errors import BackendUnavailable, BundleError, VecaError
@@ -68,11 +80,32 @@ def profile_path(root: str | os.PathLike, device: str | None = None) -> Path:
     return Path(root) / PROFILE_DIR / f"{device or device_id()}.json"
 
 
-def load_profile(bundle: Bundle, device: str | None = None) -> Profile | None:
-    """This device's profile, or None when there is none. A corrupt file is a BundleError."""
-    path = profile_path(bundle.root, device)
-    if not path.is_file():
-        return None
+#: errors that mean "this bundle cannot be written here" (not a full disk or an I/O error)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def bundle_key(bundle: Bundle) -> str:
+    """The bundle's identity for the profile cache: sha256 of its ``manifest.json`` (which holds
+    the sha256 of every artifact)."""
+    return sha256_file(Path(bundle.root) / MANIFEST_NAME)
+
+
+def cached_profile_path(bundle: Bundle, device: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Where the profile of a read-only bundle goes: ``<cache root>/profiles/<bundle sha>/<device>.json``."""
+    return cache_root(root) / PROFILE_DIR / bundle_key(bundle) / f"{device or device_id()}.json"
+
+
+def profile_locations(bundle: Bundle, device: str | None = None) -> list[Path]:
+    """The existing profile files of this bundle and device: in the bundle, then in the cache."""
+    paths = [profile_path(bundle.root, device)]
+    try:
+        paths.append(cached_profile_path(bundle, device))
+    except OSError:  # manifest unreadable: the bundle's own file is all there is
+        pass
+    return [p for p in paths if p.is_file()]
+
+
+def _read_profile(path: Path) -> Profile:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -83,27 +116,74 @@ def load_profile(bundle: Bundle, device: str | None = None) -> Profile | None:
                    entries=d["entries"], created=str(d.get("created", "")), updated=str(d.get("updated", "")))
 
 
+def load_profile(bundle: Bundle, device: str | None = None) -> Profile | None:
+    """This device's profile, or None when there is none. A corrupt file in the bundle is a
+    BundleError; a corrupt cached copy is ignored (it is ours: the next save replaces it).
+    When both the bundle and the cache hold one, each entry comes from the newer measurement."""
+    path = profile_path(bundle.root, device)
+    own = _read_profile(path) if path.is_file() else None
+    cached = None
+    try:
+        cpath = cached_profile_path(bundle, device)
+        if cpath.is_file():
+            cached = _read_profile(cpath)
+    except (OSError, BundleError):
+        cached = None
+    if own is None or cached is None:
+        return own or cached
+    entries = dict(own.entries)
+    for key, e in cached.entries.items():
+        if key not in entries or _measured(e) > _measured(entries[key]):
+            entries[key] = e
+    newer = cached if cached.updated > own.updated else own
+    return Profile(device=own.device, fingerprint=newer.fingerprint, entries=entries,
+                   created=min(own.created or cached.created, cached.created or own.created),
+                   updated=max(own.updated, cached.updated))
+
+
+def _measured(entry: Any) -> str:
+    return str(entry.get("measured", "")) if isinstance(entry, dict) else ""
+
+
 def save_profile(bundle: Bundle, profile: Profile) -> Path:
-    """Atomic write of ``profiles/<device>.json`` (merging is the caller's job)."""
-    folder = Path(bundle.root) / PROFILE_DIR
-    folder.mkdir(exist_ok=True)
+    """Atomic write of ``profiles/<device>.json`` (merging is the caller's job); returns the
+    path written. A bundle that cannot be written here (read-only file system, no permission)
+    gets its profile in the cache instead (:func:`cached_profile_path`), where
+    :func:`load_profile` finds it."""
+    path = profile_path(bundle.root, profile.device)
+    try:
+        path.parent.mkdir(exist_ok=True)  # profiles/ only: the bundle itself must exist
+        return write_profile(path, profile, parents=False)
+    except OSError as e:
+        if e.errno not in _READ_ONLY:
+            raise
+    return write_profile(cached_profile_path(bundle, profile.device), profile)
+
+
+def write_profile(path: str | os.PathLike, profile: Profile, parents: bool = True) -> Path:
+    """Write ``profile`` to ``path`` atomically (temporary file beside it, then rename),
+    creating the missing folders above it when ``parents``."""
+    path = Path(path)
+    folder = path.parent
     now = _now()
     profile.created = profile.created or now
     profile.updated = now
-    fd, tmp = tempfile.mkstemp(prefix=f".{profile.device}.", suffix=".tmp", dir=folder)
+    if parents:
+        folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(profile.to_dict(), f, indent=1)
             f.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a profile is as readable as the manifest
-        os.replace(tmp, folder / f"{profile.device}.json")
+        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    return folder / f"{profile.device}.json"
+    return path
 
 
 def _now() -> str:
@@ -150,9 +230,9 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
     if profile is None:
         profile = Profile(device=device_id(dev_fp), fingerprint=dev_fp)
     profile.fingerprint = dev_fp
-    by_art: dict[str, list[Candidate]] = {}
-    for c in cands:
-        by_art.setdefault(c.artifact.id, []).append(c)
+    by_art: dict[tuple, list[Candidate]] = {}
+    for c in cands:  # one runner per (artifact, execution variant)
+        by_art.setdefault(c.runner_key, []).append(c)
     report = progress or (lambda *a, **k: None)
     report("profiling", advance=0, total=len(cands))
     pre = bundle.preprocess
@@ -164,7 +244,8 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
         try:
             try:
                 path = bundle.path_of(art)
-                runner = create_runner(backend, path, **runner_options(backend, threads, runner_extra))
+                runner = create_runner(backend, path, **runner_options(backend, threads,
+                                                                       {**(runner_extra or {}), **group[0].runner_extra}))
             except BackendUnavailable:
                 for c in group:
                     report(f"{c.key}: backend {backend} unavailable")
@@ -175,14 +256,14 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
                     report(f"{c.key}: {e}")
                 continue
             for c in group:
-                report(f"{art.id} C={c.cores}")
+                report(f"{c.key}")
                 try:
                     gate = golden_gate(runner, golden, c)
                     if gate is not None and not gate["passed"]:
                         raise BundleError(f"{art.id} C={c.cores}: wrong numbers vs the golden outputs here: "
                                           + "; ".join(gate["failures"][:2]))
                     t = measure(runner, example_feed(c), count=count, duration_s=duration_s, warmup=warmup,
-                                where=f"{art.id} C={c.cores}")
+                                where=c.key)
                     profile.entries[c.key] = _entry(c, t, None, _describe(runner), threads)
                     profile.entries[c.key]["gate"] = gate
                 except VecaError as e:
@@ -202,8 +283,8 @@ def golden_gate(runner, golden: Golden | None, c: Candidate) -> dict[str, Any] |
     ref = golden.reference(c.cores, a.height, a.width)
     got = run_outputs(runner, golden.inputs(a.height, a.width), cores=c.cores if a.elastic else None,
                       batch=a.batch, patch_rows=ref.patch_rows)
-    rep = compare(ref.outputs, got, artifact=a.id, precision=a.precision, cores=c.cores)
-    return {"passed": rep.passed, "reference": ref.source, "images": rep.images, "precision": a.precision,
+    rep = compare(ref.outputs, got, artifact=a.id, precision=c.precision, cores=c.cores)  # execution precision
+    return {"passed": rep.passed, "reference": ref.source, "images": rep.images, "precision": c.precision,
             "min_cosine": round(min((o.cosine for o in rep.outputs.values()), default=float("nan")), 6),
             "failures": rep.failures}
 
@@ -220,6 +301,7 @@ def _entry(c: Candidate, t: Timing | None, error: str | None, runner: dict[str, 
     a = c.artifact
     return {"artifact": a.id, "sha256": a.sha256, "format": a.format, "backend": c.backend, "precision": a.precision,
             "cores": c.cores, "height": a.height, "width": a.width, "elastic": a.elastic,
+            "execution": c.variant, "execution_precision": c.precision,
             "threads": int(threads) if threads else None,
             "accuracy": c.accuracy, "measured": _now(), "runner": runner, "error": error,
             "timing": t.to_dict() if t is not None else None}

@@ -1,0 +1,179 @@
+"""Interrupts and termination (field reliability): SIGINT / SIGTERM at any point of a real
+``veca-deploy export`` leave the previous bundle byte-for-byte intact (or no folder at all when
+there was none), no ``.NAME.partial-*`` / ``.NAME.old-*`` folder, one line on stderr and no
+traceback, and the process exits promptly with 128 + the signal (130 / 143).
+
+Also: a command stuck after the signal (a library that swallows the interrupt) is ended by the
+watchdog, staging folder removed; a non-daemon thread left behind by a library does not keep the
+process alive at shutdown; and a signal during a swap or a cleanup is held back until it is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from veca_deploy.bundle import io as bundle_io
+
+CLI = str(Path(sys.executable).parent / "veca-deploy")
+PROMPT_S = 15.0  # the watchdog forces an exit after veca_deploy.cli.SIGNAL_GRACE_S (10 s)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("VECA_DEBUG", "VECA_PROGRESS_LOG")}
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def send_and_wait(p: subprocess.Popen, sig: int) -> tuple[int, str, float]:
+    p.send_signal(sig)
+    t0 = time.monotonic()
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        pytest.fail(f"still running 60 s after {signal.Signals(sig).name}; stderr: {err[-2000:]}")
+    return p.returncode, err, time.monotonic() - t0
+
+
+MESSAGE = {signal.SIGINT: "veca-deploy: interrupted", signal.SIGTERM: "veca-deploy: terminated (SIGTERM)"}
+
+
+@pytest.mark.parametrize("sig,delay,existing", [
+    (signal.SIGINT, 2, True), (signal.SIGTERM, 2, False),
+    (signal.SIGINT, 6, False), (signal.SIGTERM, 6, True),
+    (signal.SIGINT, 12, True), (signal.SIGTERM, 12, False),
+], ids=lambda v: signal.Signals(v).name if isinstance(v, signal.Signals) else str(v))
+def test_signal_during_export_leaves_old_bundle_or_nothing(sig, delay, existing, tiny_bundle, tmp_path):
+    parent = tmp_path / "out"
+    parent.mkdir()
+    target = parent / "bundle"
+    if existing:
+        shutil.copytree(tiny_bundle, target)
+    before = snapshot(parent)
+    p = subprocess.Popen([CLI, "export", "--elastic", "--out", str(target), "--force", "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    time.sleep(delay)
+    if p.poll() is not None:
+        pytest.skip(f"the export finished within {delay} s, before the signal (rc {p.returncode})")
+    code, err, took = send_and_wait(p, sig)
+    assert code == 128 + sig, (code, err[-2000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert [line for line in err.splitlines() if line.strip()] == [MESSAGE[sig]], err[-2000:]
+    assert took < PROMPT_S, f"exited {took:.1f} s after the signal"
+    assert snapshot(parent) == before, sorted(set(snapshot(parent)) ^ set(before))[:10]
+    assert sorted(os.listdir(parent)) == (["bundle"] if existing else [])
+
+
+HANG = textwrap.dedent("""
+    import sys, threading, time
+    import click
+    from veca_deploy import cli
+    from veca_deploy.bundle.io import staged_bundle
+
+    mode, out = sys.argv[1], sys.argv[2]
+    cli.SIGNAL_GRACE_S = 2.0
+
+    @click.command("hang")
+    def hang():
+        # a library's worker that never ends (non-daemon: a normal shutdown would wait forever)
+        threading.Thread(target=time.sleep, args=(3600,), name="library-worker").start()
+        with staged_bundle(out) as stage:
+            (stage / "half-written.onnx").write_bytes(b"x" * 1000)
+            announced = False
+            while True:
+                try:
+                    if not announced:  # inside the try: the signal may come right after it
+                        announced = True
+                        print("ready", flush=True)
+                    time.sleep(3600)
+                except BaseException:
+                    if mode == "unwind":
+                        raise
+                    # mode "swallow": a library that catches the interrupt and carries on
+
+    load = cli.LazyGroup._load
+    cli.LazyGroup._load = staticmethod(lambda name: hang if name == "hang" else load(name))
+    sys.argv = ["veca-deploy", "hang"]
+    sys.exit(cli.main())
+""")
+
+
+@pytest.mark.parametrize("mode,sig", [("unwind", signal.SIGINT), ("unwind", signal.SIGTERM),
+                                      ("swallow", signal.SIGTERM)])
+def test_no_hang_after_a_signal(mode, sig, tmp_path):
+    """'unwind': the staging folder is removed by the normal unwinding and the process exits at
+    once although a non-daemon library thread is still running; 'swallow': the interrupt is
+    swallowed, the watchdog removes the staging folder and exits after the grace period."""
+    out = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "-c", HANG, mode, str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env())
+    assert p.stdout.readline().strip() == "ready"
+    assert any(n.startswith(".b.partial-") for n in os.listdir(tmp_path))
+    code, err, took = send_and_wait(p, sig)
+    assert code == 128 + sig, (code, err)
+    assert "Traceback" not in err, err
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    if mode == "unwind":
+        assert took < 5, f"exit took {took:.1f} s (shutdown waited for the library thread?)"
+        assert [line for line in err.splitlines() if line.strip()] == [MESSAGE[sig]], err
+    else:
+        assert 1.5 < took < 10, took
+        assert "exiting now" in err, err
+
+
+def test_signal_in_a_swap_or_cleanup_is_held_back_until_it_is_done(tmp_path, monkeypatch):
+    """deferred_signals (used around swap_in's two renames and the staging cleanup): a SIGINT raised
+    inside the block becomes a KeyboardInterrupt only after the block, and the previous handler
+    is back."""
+    previous = signal.getsignal(signal.SIGINT)
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with bundle_io.deferred_signals():
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now: held, not raised
+            reached_end = True
+    assert reached_end
+    assert signal.getsignal(signal.SIGINT) is previous
+
+    # an interrupt delivered during the swap itself: the swap completes, then the interrupt arrives
+    old, new = tmp_path / "b", tmp_path / ".b.partial-x"
+    old.mkdir()
+    (old / "v").write_text("old")
+    new.mkdir()
+    (new / "v").write_text("new")
+    real_rename = os.rename
+    calls = []
+
+    def rename_then_interrupt(a, b):
+        real_rename(a, b)
+        calls.append((a, b))
+        if len(calls) == 1:  # between the two renames: the worst moment
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.05)
+
+    monkeypatch.setattr(os, "rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        bundle_io.swap_in(new, old)
+    monkeypatch.undo()
+    assert (old / "v").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["b"]
