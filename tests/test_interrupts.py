@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from veca_deploy.bundle import io as bundle_io
 
 CLI = str(Path(sys.executable).parent / "veca-deploy")
 PROMPT_S = 15.0  # the watchdog forces an exit after veca_deploy.cli.SIGNAL_GRACE_S (10 s)
@@ -141,39 +140,56 @@ def test_no_hang_after_a_signal(mode, sig, tmp_path):
         assert "exiting now" in err, err
 
 
-def test_signal_in_a_swap_or_cleanup_is_held_back_until_it_is_done(tmp_path, monkeypatch):
+_SWAP_SCRIPT = r"""
+import os, signal, sys, time
+from pathlib import Path
+
+previous = signal.getsignal(signal.SIGINT)
+reached_end = False
+try:
+    with bundle_io.deferred_signals():
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.05)  # the handler has run by now: held, not raised
+        reached_end = True
+    raise SystemExit("no KeyboardInterrupt after the block")
+except KeyboardInterrupt:
+    pass
+assert reached_end, "interrupt raised inside the block"
+assert signal.getsignal(signal.SIGINT) is previous, "handler not restored"
+
+tmp = Path(sys.argv[1])
+old, new = tmp / "b", tmp / ".b.partial-x"
+old.mkdir(); (old / "v").write_text("old")
+new.mkdir(); (new / "v").write_text("new")
+real_rename = os.rename
+calls = []
+
+def rename_then_interrupt(a, b):
+    real_rename(a, b)
+    calls.append((a, b))
+    if len(calls) == 1:  # between the two renames: the worst moment
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.05)
+
+os.rename = rename_then_interrupt
+try:
+    bundle_io.swap_in(new, old)
+    raise SystemExit("no KeyboardInterrupt after the swap")
+except KeyboardInterrupt:
+    pass
+os.rename = real_rename
+assert (old / "v").read_text() == "new", "swap did not complete"
+assert sorted(os.listdir(tmp)) == ["b"], sorted(os.listdir(tmp))
+print("ok")
+"""
+
+
+def test_signal_in_a_swap_or_cleanup_is_held_back_until_it_is_done(tmp_path):
     """deferred_signals (used around swap_in's two renames and the staging cleanup): a SIGINT raised
     inside the block becomes a KeyboardInterrupt only after the block, and the previous handler
-    is back."""
-    previous = signal.getsignal(signal.SIGINT)
-    reached_end = False
-    with pytest.raises(KeyboardInterrupt):
-        with bundle_io.deferred_signals():
-            signal.raise_signal(signal.SIGINT)
-            time.sleep(0.05)  # the handler has run by now: held, not raised
-            reached_end = True
-    assert reached_end
-    assert signal.getsignal(signal.SIGINT) is previous
-
-    # an interrupt delivered during the swap itself: the swap completes, then the interrupt arrives
-    old, new = tmp_path / "b", tmp_path / ".b.partial-x"
-    old.mkdir()
-    (old / "v").write_text("old")
-    new.mkdir()
-    (new / "v").write_text("new")
-    real_rename = os.rename
-    calls = []
-
-    def rename_then_interrupt(a, b):
-        real_rename(a, b)
-        calls.append((a, b))
-        if len(calls) == 1:  # between the two renames: the worst moment
-            signal.raise_signal(signal.SIGINT)
-            time.sleep(0.05)
-
-    monkeypatch.setattr(os, "rename", rename_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        bundle_io.swap_in(new, old)
-    monkeypatch.undo()
-    assert (old / "v").read_text() == "new"
-    assert sorted(os.listdir(tmp_path)) == ["b"]
+    is back; an interrupt between the two renames of a swap lets the swap complete first. Run in a
+    fresh interpreter: a real SIGINT to the test process itself would also reach the native
+    libraries loaded by earlier tests."""
+    r = subprocess.run([sys.executable, "-c", _SWAP_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
