@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..convert.recipe import Fp16Recipe  # noqa: F401  (a conversion recipe; re-exported here)
 from ..errors import UsageError
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -70,21 +71,6 @@ class NncfRecipe:
         d = asdict(self)
         d["ignored_types"] = list(self.ignored_types)
         return d
-
-
-@dataclass(frozen=True)
-class Fp16Recipe:
-    """ONNX FP16 with float32 I/O; the ops listed stay FP32 (LayerNorm overflows in FP16 on
-    TensorRT; Softmax and the RoPE trigonometry lose too much)."""
-
-    keep_fp32: tuple[str, ...] = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Cos", "Sin",
-                                  "Range", "Erf")
-    keep_io_types: bool = True
-    backend: str = "onnxruntime"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"keep_fp32": list(self.keep_fp32), "keep_io_types": self.keep_io_types, "backend": self.backend,
-                "converter": "onnxruntime.transformers.float16"}
 
 
 #: ONNX INT8 schemes: ``s8s8`` (default) is what TensorRT builds from (signed, zero point 0);

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..calibration.recipe import Fp16Recipe
+from .recipe import Fp16Recipe
 from ..errors import BackendUnavailable, ExportError, UsageError, first_line
 
 #: how build-trt gets the graph of an INT8 engine
