@@ -143,6 +143,7 @@ def test_no_hang_after_a_signal(mode, sig, tmp_path):
 _SWAP_SCRIPT = r"""
 import os, signal, sys, time
 from pathlib import Path
+from veca_deploy.bundle import io as bundle_io
 
 previous = signal.getsignal(signal.SIGINT)
 reached_end = False
