@@ -204,8 +204,18 @@ def _quantize_reference_c8(reference_bundle: Path, tmp_path: Path, cache_dir: st
 @pytest.mark.skipif(not (Path(__file__).parents[1] / "veca_deploy/weights/veca_tiny/model.safetensors").is_file(),
                     reason="reference weights not trained yet")
 def test_reference_model_int8_within_one_point(reference_bundle, tmp_path, cache_dir):
-    _, int8, fp32 = _quantize_reference_c8(reference_bundle, tmp_path, cache_dir)
+    out, int8, fp32 = _quantize_reference_c8(reference_bundle, tmp_path, cache_dir)
     assert fp32 > 0.8 and fp32 - int8.accuracy["top1"] <= 0.01
+    # the gate keeps per-image records: one bit per image, as many right as the top-1 says, and
+    # INT8 and its FP32 reference name the same images (so the selector can pair them)
+    from veca_deploy.compare.records import unpack_hits
+
+    rec = int8.accuracy
+    hits = unpack_hits(rec["correct"]["8"], rec["samples"])
+    assert hits is not None and int(hits.sum()) == round(rec["top1"] * rec["samples"])
+    ref = next(a for a in read_manifest(out).artifacts
+               if a.format == int8.format and a.precision == "fp32" and a.cores == 8 and not a.elastic)
+    assert ref.accuracy["sample_id"] == rec["sample_id"] and ref.accuracy["samples"] == rec["samples"]
 
 
 @pytest.mark.slow

@@ -112,3 +112,55 @@ def test_a_variant_that_failed_its_gate_is_never_selected(copy):
     sel = select(Bundle.open(copy), 1e6, backend="openvino", tiers=[8], measure=False)
     assert sel.chosen.cand.key != key and key not in {m.cand.key for m in sel.ranked}
     assert any(s.startswith(key) for s in sel.skipped)
+
+
+def _paired(aid: str, cores: int, hits: np.ndarray, ms: float, sid: str = "s1") -> Measured:
+    from veca_deploy.compare.records import pack_hits
+
+    m = _m(aid, cores, float(hits.mean()), len(hits), ms)
+    return Measured(Candidate(m.cand.artifact, cores, m.cand.accuracy, None, len(hits), (sid, pack_hits(hits))), ms)
+
+
+def test_per_image_records_make_the_comparison_paired():
+    """A is right on every image B gets right plus 30 more (of 2,000): 1.5 points. Unpaired, two
+    binomial estimates cannot resolve that (~1.9 points) and the faster B would win; paired, the
+    30 images only A gets right are ~5.5 standard errors, so A wins and the decision says paired.
+    The same hits on different images (another sample id) fall back to the unpaired rule."""
+    rng = np.random.default_rng(0)
+    b_hits = rng.random(2000) < 0.885
+    a_hits = b_hits.copy()
+    a_hits[np.flatnonzero(~b_hits)[:30]] = True
+    a, b = _paired("a", 32, a_hits, 2.0), _paired("b", 24, b_hits, 1.0)
+    chosen, why = decide(_ranked(a, b))
+    assert chosen is a and why["tied"] == [a.cand.key] and "paired" in why["rule"]
+    assert resolution(a.cand, b.cand) < 0.008
+
+    other = _paired("b", 24, b_hits, 1.0, sid="s2")
+    chosen, why = decide(_ranked(a, other))
+    assert chosen is other and why["comparison"] == {other.cand.key: "unpaired"}
+    assert resolution(a.cand, other.cand) > 0.015
+
+
+def test_paired_records_that_mostly_agree_are_a_tie():
+    """88.65 % vs 88.55 % where the two disagree on 20 images: a tie, paired, the faster wins."""
+    rng = np.random.default_rng(1)
+    base = rng.random(2000) < 0.886
+    a_hits, b_hits = base.copy(), base.copy()
+    wrong = np.flatnonzero(~base)
+    right = np.flatnonzero(base)
+    a_hits[wrong[:11]] = True
+    b_hits[wrong[11:20]] = True
+    a, b = _paired("int8-el", 32, a_hits, 1.7), _paired("fp32-el", 32, b_hits, 0.9)
+    assert a.cand.accuracy > b.cand.accuracy and len(right) > 0
+    chosen, why = decide(_ranked(a, b))
+    assert chosen is b and why["comparison"] == {b.cand.key: "paired"}
+
+
+def test_a_corrupt_record_falls_back_to_unpaired():
+    from veca_deploy.compare.records import unpack_hits
+
+    assert unpack_hits("not base64!", 10) is None and unpack_hits("AAA=", 100) is None
+    hits = np.ones(100, dtype=bool)
+    a = _paired("a", 32, hits, 2.0)
+    bad = Measured(Candidate(a.cand.artifact, 24, 0.99, None, 100, ("s1", "!!")), 1.0)
+    assert resolution(a.cand, bad.cand) == resolution(_m("a", 32, 1.0, 100, 2).cand, _m("b", 24, 0.99, 100, 1).cand)

@@ -15,6 +15,7 @@ temporary folder batch by batch, then read back batch by batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +29,7 @@ from ..bundle.manifest import Artifact, Manifest
 from ..errors import QuantizationError, UsageError
 from ..preprocess import Preprocess
 from ..compare.comparator import Target, default_batch, run_outputs
+from ..compare.records import pack_hits
 from ..runtimes import FORMAT_BACKEND, backend_available
 
 #: Largest top-1 drop (points) of an FP16/INT8 artifact vs FP32 at the same tier, and the
@@ -191,6 +193,7 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
     if not backend_available(backend):
         return None
     per_tier: dict[str, float] = {}
+    records: dict[str, str] = {}  # tier -> per-image correctness (pack_hits)
     metric = "top1" if ("logits" in art.outputs and data.labels is not None) else "cosine"
     if metric == "cosine" and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
                                   for c in art.tiers):
@@ -200,11 +203,12 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
         for c in art.tiers:
             report(f"eval {art.id} c={c}", advance=0)
             if metric == "top1":
-                correct = 0
+                hits = np.zeros(data.samples, dtype=bool)
                 for start, out in _artifact_batches(runner, art, data, pre, c):
                     labels = data.labels[start:start + len(out["logits"])]
-                    correct += int((out["logits"].argmax(-1) == labels).sum())
-                per_tier[str(c)] = correct / data.samples
+                    hits[start:start + len(labels)] = out["logits"].argmax(-1) == labels
+                per_tier[str(c)] = float(hits.mean())
+                records[str(c)] = pack_hits(hits)
                 continue
             key = (c, *art.size)
             ref = _fp32_onnx(manifest, c, art.size)
@@ -231,6 +235,9 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
             per_tier[str(c)] = min(float(np.mean(np.concatenate(v))) for v in cos.values())
     rec: dict[str, Any] = {"dataset": data.name, "samples": data.samples, "backend": backend,
                            "metric": metric}
+    if records:  # per-image results: the selector compares two candidates on the same images (paired)
+        rec["sample_id"] = sample_id(data)
+        rec["correct"] = records
     if backend == "openvino":
         rec["inference_precision"] = "f32"
     if art.elastic:
@@ -238,6 +245,16 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
     else:
         rec["top1" if metric == "top1" else "cosine"] = round(next(iter(per_tier.values())), 6)
     return rec
+
+
+def sample_id(data: EvalData) -> str:
+    """Which images an evaluation ran on: the dataset name, the image count and a hash of the
+    labels in order. Two records with the same id were measured on the same images, so their
+    per-image results can be paired."""
+    h = hashlib.sha256(f"{data.name}\n{data.samples}\n".encode())
+    if data.labels is not None:
+        h.update(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _fp32_onnx(manifest: Manifest, cores: int, size: tuple[int, int]) -> Artifact | None:

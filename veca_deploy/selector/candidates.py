@@ -11,7 +11,7 @@ fp32 > fp16 > int8.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..bundle.manifest import Artifact
@@ -56,6 +56,8 @@ class Candidate:
     accuracy: float | None
     variant: str | None = None
     samples: int | None = None  # images behind ``accuracy`` (None: unknown)
+    #: per-image results behind ``accuracy``: (sample_id, packed correctness), see compare.records
+    record: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def backend(self) -> str:
@@ -129,6 +131,16 @@ def accuracy_samples(bundle: Bundle, art: Artifact) -> int | None:
     return None
 
 
+def accuracy_record(art: Artifact, cores: int) -> tuple[str, str] | None:
+    """``(sample_id, packed per-image correctness)`` behind the artifact's own top-1 at ``cores``
+    (written by ``eval`` and quantize's gate), or None (older bundles, the card, cosine records)."""
+    rec = art.accuracy or {}
+    sid, correct = rec.get("sample_id"), rec.get("correct")
+    if not isinstance(sid, str) or not isinstance(correct, dict) or not isinstance(correct.get(str(cores)), str):
+        return None
+    return sid, correct[str(cores)]
+
+
 def accuracy(bundle: Bundle, art: Artifact, cores: int) -> float | None:
     """Top-1 (fraction) at ``cores``: the artifact's own measurement, else the card for FP32.
     A feature-cosine record (models without a classifier head) is not a top-1 and is ignored."""
@@ -181,8 +193,9 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
             if tiers and c not in tiers:
                 continue
             acc, n = accuracy(bundle, a, c), accuracy_samples(bundle, a)
-            out.append(Candidate(a, c, acc, None, n))
+            rec = accuracy_record(a, c) if acc is not None and n else None
+            out.append(Candidate(a, c, acc, None, n, rec))
             for v in native.get(format_backend(a.format), ()):
                 if execution_precision(a.precision, v) != a.precision:  # a variant that changes nothing is not one
-                    out.append(Candidate(a, c, acc, v, n))
+                    out.append(Candidate(a, c, acc, v, n, rec))
     return out

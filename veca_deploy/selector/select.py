@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..bundle.reader import Bundle
+from ..compare.records import paired_resolution, unpack_hits
 from ..errors import BudgetError, BundleError, UsageError
 from .candidates import Candidate, candidates, resolve_backends
 from .profile import Profile, load_profile, measure_candidates, save_profile
@@ -89,14 +90,34 @@ TIE_UNKNOWN = 0.001
 
 
 def resolution(a: Candidate, b: Candidate) -> float:
-    """Smallest top-1 difference (fraction) the evaluation behind ``a`` and ``b`` resolves: TIE_Z
-    standard errors of the difference of two independent binomial estimates (conservative: a
-    paired comparison on the same images would resolve less, and needs per-image records), or
-    0.1 point when a sample size is unknown."""
+    """Smallest top-1 difference (fraction) the evaluation behind ``a`` and ``b`` resolves, never
+    below 0.1 point. Paired when both carry per-image records of the same images
+    (:func:`~veca_deploy.compare.records.paired_resolution`: TIE_Z standard errors of the paired
+    difference); else TIE_Z standard errors of the difference of two independent binomial
+    estimates; 0.1 point when a sample size is unknown."""
+    paired = _paired(a, b)
+    if paired is not None:
+        return max(TIE_UNKNOWN, paired[1])
     pa, pb, na, nb = a.accuracy, b.accuracy, a.samples, b.samples
     if pa is None or pb is None or not na or not nb:
         return TIE_UNKNOWN
     return max(TIE_UNKNOWN, TIE_Z * math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb))
+
+
+def _paired(a: Candidate, b: Candidate) -> tuple[float, float] | None:
+    """(difference, resolution) from per-image records of the same images, else None."""
+    if a.record is None or b.record is None or a.record[0] != b.record[0] or not a.samples \
+            or a.samples != b.samples:
+        return None
+    ha, hb = unpack_hits(a.record[1], a.samples), unpack_hits(b.record[1], b.samples)
+    if ha is None or hb is None:
+        return None
+    return paired_resolution(ha, hb, TIE_Z)
+
+
+def comparison(a: Candidate, b: Candidate) -> str:
+    """How ``a`` and ``b`` were compared: "paired" (same images, per-image records) or "unpaired"."""
+    return "paired" if _paired(a, b) is not None else "unpaired"
 
 
 def tied_with(leader: Measured, m: Measured) -> bool:
@@ -106,7 +127,9 @@ def tied_with(leader: Measured, m: Measured) -> bool:
         return True  # the same graph and tier under another (gated) execution variant
     if a.accuracy is None or b.accuracy is None:
         return False  # nothing measured: ranked by cores / pixels / precision, no tie claimed
-    return a.accuracy - b.accuracy <= resolution(a, b) + 1e-12
+    paired = _paired(a, b)
+    diff = paired[0] if paired is not None else a.accuracy - b.accuracy
+    return diff <= resolution(a, b) + 1e-12
 
 
 def decide(fitting: list[Measured]) -> tuple[Measured, dict[str, Any]]:
@@ -120,7 +143,10 @@ def decide(fitting: list[Measured]) -> tuple[Measured, dict[str, Any]]:
            "and faster")
     return chosen, {"reason": why, "leader": leader.cand.key, "tied": [m.cand.key for m in tied],
                     "resolution": {m.cand.key: round(resolution(leader.cand, m.cand), 5) for m in tied if m is not leader},
-                    "samples": {m.cand.key: m.cand.samples for m in tied}, "rule": f"z={TIE_Z}, unpaired binomial"}
+                    "samples": {m.cand.key: m.cand.samples for m in tied},
+                    "comparison": {m.cand.key: comparison(leader.cand, m.cand) for m in tied if m is not leader},
+                    "rule": f"z={TIE_Z}; paired on per-image records of the same images, else unpaired binomial; "
+                            f"at least {100 * TIE_UNKNOWN:g} point"}
 
 
 def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, backend: Any = "auto",
