@@ -42,6 +42,15 @@ def env() -> dict[str, str]:
     return e
 
 
+def _default_signals() -> None:
+    """In the child, before exec: SIGINT / SIGTERM to their defaults. A test runner started as a
+    background job of a script (CI) inherits SIGINT *ignored*, and veca-deploy rightly keeps an
+    ignored signal ignored; these tests are about a process that can be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+
 def send_and_wait(p: subprocess.Popen, sig: int) -> tuple[int, str, float]:
     p.send_signal(sig)
     t0 = time.monotonic()
@@ -69,7 +78,7 @@ def test_signal_during_export_leaves_old_bundle_or_nothing(sig, delay, existing,
     if existing:
         shutil.copytree(tiny_bundle, target)
     before = snapshot(parent)
-    p = subprocess.Popen([CLI, "export", "--elastic", "--out", str(target), "--force", "-q"],
+    p = subprocess.Popen([CLI, "export", "--elastic", "--out", str(target), "--force", "-q"], preexec_fn=_default_signals,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     time.sleep(delay)
     if p.poll() is not None:
@@ -124,7 +133,7 @@ def test_no_hang_after_a_signal(mode, sig, tmp_path):
     once although a non-daemon library thread is still running; 'swallow': the interrupt is
     swallowed, the watchdog removes the staging folder and exits after the grace period."""
     out = tmp_path / "b"
-    p = subprocess.Popen([sys.executable, "-c", HANG, mode, str(out)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", HANG, mode, str(out)], preexec_fn=_default_signals, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env())
     assert p.stdout.readline().strip() == "ready"
     assert any(n.startswith(".b.partial-") for n in os.listdir(tmp_path))
@@ -191,6 +200,7 @@ def test_signal_in_a_swap_or_cleanup_is_held_back_until_it_is_done(tmp_path):
     is back; an interrupt between the two renames of a swap lets the swap complete first. Run in a
     fresh interpreter: a real SIGINT to the test process itself would also reach the native
     libraries loaded by earlier tests."""
-    r = subprocess.run([sys.executable, "-c", _SWAP_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", _SWAP_SCRIPT, str(tmp_path)], preexec_fn=_default_signals,
+                       capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
