@@ -69,13 +69,32 @@ class Prediction:
         return [self.class_names[i] if i < len(self.class_names) else str(i) for i in labels]
 
 
+#: AdaptiveController settings ``adaptive_options`` may set (the rest come from the selection)
+ADAPTIVE_OPTIONS = ("window", "headroom", "patience", "warmup", "min_samples", "span", "down_patience", "dwell_s",
+                    "max_dwell_s", "probation_s", "max_ups_per_minute")
+
+
+def _controller(ladder_ms: list[float], selection: Selection, clock: Callable[[], float],
+                options: dict[str, Any]) -> AdaptiveController:
+    """The controller for ``selection``'s ladder; bad settings are a one-line UsageError."""
+    unknown = sorted(set(options) - set(ADAPTIVE_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown adaptive option(s) {', '.join(unknown)}; known: {', '.join(ADAPTIVE_OPTIONS)}")
+    try:
+        return AdaptiveController(ladder_ms, float(selection.budget_ms or 0), percentile=selection.percentile,
+                                  margin=selection.margin, clock=clock, **options)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"bad adaptive settings: {e}") from None
+
+
 class Runtime:
     """A bundle served under a latency budget. Create with :meth:`open`."""
 
     def __init__(self, bundle: Bundle, selection: Selection, *, adaptive: bool = False,
                  threads: int | None = None, runner_extra: dict[str, Any] | None = None,
                  window: int = 16, headroom: float = 0.7, patience: int = 3,
-                 clock: Callable[[], float] = time.perf_counter, latency_hook: LatencyHook | None = None) -> None:
+                 clock: Callable[[], float] = time.perf_counter, latency_hook: LatencyHook | None = None,
+                 adaptive_options: dict[str, Any] | None = None) -> None:
         self.bundle = bundle
         self.selection = selection
         self.adaptive = adaptive
@@ -94,9 +113,9 @@ class Runtime:
         if adaptive:
             if selection.budget_ms is None:
                 raise UsageError("adaptive mode needs a budget (budget_ms)")
-            self.controller = AdaptiveController([m.latency_ms for m in self._rungs], selection.budget_ms,
-                                                 percentile=selection.percentile, margin=selection.margin,
-                                                 window=window, headroom=headroom, patience=patience)
+            self.controller = _controller([m.latency_ms for m in self._rungs], selection, clock,
+                                          {"window": window, "headroom": headroom, "patience": patience,
+                                           **(adaptive_options or {})})
         names = bundle.manifest.model.get("class_names")
         self._class_names = tuple(str(n) for n in names) if isinstance(names, list) else None
         try:
@@ -112,16 +131,20 @@ class Runtime:
              tiers: list[int] | None = None, precisions: list[str] | None = None, threads: int | None = None,
              measure: bool = True, count: int = 50, warmup: int = 5, window: int = 16, headroom: float = 0.7,
              patience: int = 3, clock: Callable[[], float] = time.perf_counter,
-             latency_hook: LatencyHook | None = None, runner_options: dict[str, Any] | None = None) -> "Runtime":
+             latency_hook: LatencyHook | None = None, runner_options: dict[str, Any] | None = None,
+             adaptive_options: dict[str, Any] | None = None) -> "Runtime":
         """Open a bundle and select a tier for ``budget_ms`` at ``percentile`` (None: the most
         accurate tier, no profiling). Without a profile for this device the candidates are
         measured first (``count`` runs each) and the profile is saved into the bundle.
-        ``latency_hook(measured_ms, tier) -> observed_ms`` lets tests inject slowdowns."""
+        ``latency_hook(measured_ms, tier) -> observed_ms`` lets tests inject slowdowns.
+        ``adaptive_options`` passes the controller's other settings (``warmup``, ``down_patience``,
+        ``dwell_s``, ``max_ups_per_minute``, ...; see :class:`AdaptiveController`)."""
         bundle = Bundle.open(directory)
         sel = select(bundle, budget_ms, percentile=percentile, backend=backend, margin=margin, tiers=tiers,
                      precisions=precisions, measure=measure, count=count, warmup=warmup, threads=threads)
         return cls(bundle, sel, adaptive=adaptive, threads=threads, runner_extra=runner_options, window=window,
-                   headroom=headroom, patience=patience, clock=clock, latency_hook=latency_hook)
+                   headroom=headroom, patience=patience, clock=clock, latency_hook=latency_hook,
+                   adaptive_options=adaptive_options)
 
     # ------------------------------------------------------------------ state
     @property

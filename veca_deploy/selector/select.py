@@ -23,6 +23,10 @@ from .candidates import Candidate, candidates, resolve_backends
 from .profile import Profile, load_profile, measure_candidates, save_profile
 
 
+#: a rung of the adaptive ladder is at least this fraction faster than the rung above it
+LADDER_GAIN = 0.05
+
+
 @dataclass(frozen=True)
 class Measured:
     cand: Candidate
@@ -49,12 +53,15 @@ class Selection:
         return None if self.budget_ms is None else self.budget_ms * (1 - self.margin)
 
     def ladder(self) -> list[Measured]:
-        """Candidates to step through under load: from the chosen one down, each strictly faster
-        than the previous and no better in quality (the adaptive runtime's tiers)."""
+        """Candidates to step through under load: from the chosen one down, each no better in
+        quality and faster than the previous by at least LADDER_GAIN of its measured latency on
+        this device (the adaptive runtime's tiers). A rung only a hair faster is profiling noise:
+        stepping to it (e.g. from int8 C=24 to an fp32 C=32 that timed 1 % faster) would bring
+        cores back without bringing the latency down."""
         start = self.ranked.index(self.chosen)
         out = [self.chosen]
         for m in self.ranked[start + 1:]:
-            if m.latency_ms < out[-1].latency_ms:
+            if m.latency_ms < out[-1].latency_ms * (1 - LADDER_GAIN):
                 out.append(m)
         return out
 
