@@ -100,6 +100,15 @@ device_commands() {
   check "$tag-validate-int8" 0 "$cli" validate "$b"
   check "$tag-check-trt" 0 "$cli" check-trt "$b"
   check_trt_missing "$tag-build-trt" "$venv" "$b"
+  # fleet: a portable profile, the fleet view, a signed slice that validates only with its key
+  local keys="$WORK/$tag-keys" prof="$WORK/$tag-profile.json" pack="$WORK/$tag-pack"
+  check "$tag-bench-out" 0 "$cli" bench "$b" --count 10 --quiet --out "$prof"
+  check "$tag-fleet" 0 "$cli" fleet "$b" "$prof" --budget-ms 1000
+  check "$tag-keygen" 0 "$cli" keygen --out "$keys" --force
+  check "$tag-pack" 0 "$cli" pack "$b" --profile "$prof" --budget-ms 1000 --out "$pack" --force \
+    --sign-key "$keys/veca-signing.key"
+  check "$tag-validate-signed" 0 env VECA_PUBLIC_KEY="$keys/veca-signing.pub" "$cli" validate "$pack"
+  check "$tag-unsigned-refused" 5 env VECA_PUBLIC_KEY="$keys/veca-signing.pub" "$cli" validate "$b"
   unset VECA_CACHE_DIR
 }
 
@@ -203,7 +212,7 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = (str(item.path), item.location[1] or 0, "needs torch (the export / model side)")
 EOF
       TESTS=()
-      for m in tensorrt selector runtime reliability calibration quantize cli_errors concurrency no_torch schema golden; do
+      for m in tensorrt selector runtime reliability calibration quantize cli_errors concurrency no_torch schema golden fleet; do
         [ -f "tests/test_$m.py" ] && TESTS+=("tests/test_$m.py")
       done
       VECA_CI_TINY_BUNDLE="$WORK/tiny_bundle" VECA_CI_REFERENCE_BUNDLE="$BUNDLE" PYTHONPATH="$WORK/plugin" \

@@ -14,6 +14,7 @@
 #   onnx 1.16.0, numpy 1.24.0, ml_dtypes 0.2.0 (int4 / float8 that ORT's quantizer imports),
 #   sympy 1.12, click 8.1.0, jsonschema 4.18.0: the declared floors
 #   rich 13.5.2         our floor is 13, but nncf 2.8.0 requires rich>=13.5.2
+#   cryptography 42.0.0 ed25519 sign / verify and raw key bytes (signed bundles); the floor we test
 # Python 3.10 cannot have onnxruntime 1.27 (newest cp310 release: 1.23.2), so this job runs on
 # python3 (3.11 here) only.
 set -uo pipefail
@@ -36,6 +37,7 @@ PINS=(
   click==8.1.0
   rich==13.5.2
   jsonschema==4.18.0
+  cryptography==42.0.0
 )
 
 say() { printf '%s\n' "$*"; }
@@ -80,6 +82,9 @@ EOF
   # one fixed tier + the elastic graph (always included) keeps it quick; the same code paths
   check quantize "$V/bin/veca-deploy" quantize "$B" --precision int8 --calib fashion-mnist --calib-size 300 --tiers 8 -q
   check validate-int8 "$V/bin/veca-deploy" validate "$B"
+  check keygen "$V/bin/veca-deploy" keygen --out "$WORK/keys" --force
+  check sign "$V/bin/veca-deploy" sign "$B" --key "$WORK/keys/veca-signing.key"
+  check validate-signed env VECA_PUBLIC_KEY="$WORK/keys/veca-signing.pub" "$V/bin/veca-deploy" validate "$B"
 fi
 say "== ci_min_versions: $((SECONDS - T0)) s"
 if [ "${#FAILED[@]}" -gt 0 ]; then say "ci_min_versions FAILED: ${FAILED[*]} (logs in $WORK/logs)"; exit 1; fi

@@ -116,6 +116,7 @@ COMMANDS = {
     "train": "train", "export": "export", "inspect": "inspect", "validate": "validate",
     "quantize": "quantize", "eval": "evaluate", "bench": "bench", "select": "select",
     "build-trt": "trt", "check-trt": "trt",
+    "fleet": "fleet", "pack": "pack", "keygen": "sign", "sign": "sign",
 }
 
 

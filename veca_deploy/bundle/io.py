@@ -115,7 +115,12 @@ def _umask() -> int:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    """Write ``manifest.json`` via a temporary file and an atomic rename."""
+    """Write ``manifest.json`` via a temporary file and an atomic rename. A signature of the
+    previous manifest is removed first: it no longer covers the bundle (re-sign with
+    ``veca-deploy sign``), and a stale one would read as tampering on a device."""
+    from .signing import SIGNATURE_NAME
+
+    (root / SIGNATURE_NAME).unlink(missing_ok=True)
     tmp = root / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(manifest.to_json(), encoding="utf-8")
     os.replace(tmp, root / MANIFEST_NAME)

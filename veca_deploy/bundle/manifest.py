@@ -118,10 +118,14 @@ class Manifest:
     notes: list[str] = field(default_factory=list)
     #: golden inputs/outputs (veca_deploy.compare.golden); optional, absent in older bundles
     golden: dict[str, Any] = field(default_factory=dict)
+    #: set by ``veca-deploy pack``: the bundle this one was sliced from, for which device and why
+    sliced: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["artifacts"] = [a.to_dict() for a in self.artifacts]
+        if not d.get("sliced"):
+            d.pop("sliced", None)  # only sliced bundles carry the section
         return d
 
     def to_json(self) -> str:
@@ -234,19 +238,34 @@ def resolve_inside(root: Path, rel: str) -> Path:
     return target
 
 
-def read_manifest(directory: str | os.PathLike) -> Manifest:
+def read_manifest_bytes(directory: str | os.PathLike) -> bytes:
+    """The raw bytes of ``DIR/manifest.json`` (what a signature covers), with one-line errors."""
     root = Path(directory)
-    if not root.exists():
-        raise BundleError(f"{root}: no such bundle folder")
+    try:
+        if not root.exists():
+            raise BundleError(f"{root}: no such bundle folder")
+    except OSError as e:  # e.g. ELOOP: a symlink loop
+        raise BundleError(f"{root}: cannot open ({e.strerror or e})") from None
     if not root.is_dir():
         raise BundleError(f"{root}: not a folder (a bundle is a folder with {MANIFEST_NAME})")
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle)")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+        return path.read_bytes()
+    except OSError as e:
         raise BundleError(f"{path}: cannot read ({e})") from None
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{where}: cannot read ({e})") from None
     except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    return Manifest.from_dict(d, str(path))
+        raise BundleError(f"{where}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    return Manifest.from_dict(d, where)
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    return parse_manifest(read_manifest_bytes(directory), str(Path(directory) / MANIFEST_NAME))

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import BundleError
 from ..preprocess import Preprocess
 from .io import verify_artifact
-from .manifest import Artifact, Manifest, read_manifest, resolve_inside
+from .manifest import MANIFEST_NAME, Artifact, Manifest, parse_manifest, read_manifest_bytes, resolve_inside
+from .signing import trusted_keys, verify_manifest
 
 
 @dataclass
@@ -17,11 +18,18 @@ class Bundle:
     root: Path
     manifest: Manifest
     _verified: set[str] = field(default_factory=set, repr=False)
+    #: id of the trusted key whose signature was verified at open (None: none required)
+    signed_by: str | None = None
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "Bundle":
+    def open(cls, directory: str | os.PathLike, public_key=None) -> "Bundle":
+        """Read and check the manifest. When this device trusts signing keys (``public_key``, a
+        path or a list of paths, else ``$VECA_PUBLIC_KEY``), the manifest bytes must carry a valid
+        signature by one of them before they are parsed (see :mod:`veca_deploy.bundle.signing`)."""
         root = Path(directory)
-        return cls(root=root, manifest=read_manifest(root))
+        data = read_manifest_bytes(root)
+        signer = verify_manifest(root, data, trusted_keys(public_key))
+        return cls(root=root, manifest=parse_manifest(data, str(root / MANIFEST_NAME)), signed_by=signer)
 
     @property
     def preprocess(self) -> Preprocess:

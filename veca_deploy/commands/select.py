@@ -61,8 +61,11 @@ def _saved_profile(b):
 @click.option("--threads", type=int, default=None,
               help="Intra-op threads the application will use (profiles are per thread count).")
 @click.option("--no-measure", is_flag=True, help="Fail instead of profiling when the profile is missing.")
+@click.option("--profile", "profile_file", type=click.Path(), default=None,
+              help="Decide offline for the device that measured this profile (bench --out FILE there); nothing runs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, count, threads, no_measure, as_json):
+def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, count, threads, no_measure, profile_file,
+            as_json):
     """Pick the most accurate (tier, precision, backend) of BUNDLE that fits --budget-ms here."""
     from ..bundle.reader import Bundle
     from ..selector.select import check_budget, select
@@ -73,11 +76,19 @@ def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, c
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     b = Bundle.open(bundle)
-    with contextlib.ExitStack() as stack:
-        rep = _LazyProgress(stack, enabled=not as_json)
-        sel = select(b, budget_ms, percentile=percentile, backend=backend, margin=margin,
-                     tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
-                     measure=not no_measure, count=count, threads=threads, progress=rep)
+    if profile_file is not None:
+        from ..fleet.profiles import device_classes
+        from ..fleet.view import offline_selection
+
+        (dev,) = device_classes(b, [profile_file], threads)
+        sel = offline_selection(b, dev, budget_ms, percentile=percentile, margin=margin, backend=backend,
+                                tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions))
+    else:
+        with contextlib.ExitStack() as stack:
+            rep = _LazyProgress(stack, enabled=not as_json)
+            sel = select(b, budget_ms, percentile=percentile, backend=backend, margin=margin,
+                         tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
+                         measure=not no_measure, count=count, threads=threads, progress=rep)
     saved = _saved_profile(b) if sel.profiled else None
     if saved is not None and saved.parent != b.root / "profiles":
         console.print(f"{b.root} is read-only here: profile saved to {saved} "

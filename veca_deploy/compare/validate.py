@@ -41,12 +41,14 @@ def parse_backends(backends: list[str] | str | None) -> list[str] | None:
     return list(dict.fromkeys(items))
 
 
-def validate_bundle(directory: str | Path, backends: list[str] | str | None = None) -> list[CheckResult]:
+def validate_bundle(directory: str | Path, backends: list[str] | str | None = None,
+                    public_key=None) -> list[CheckResult]:
     """Check every artifact (of ``backends``). Integrity or numeric failures are reported per
     artifact; artifacts whose backend is not installed here are reported as skipped. A filter
-    that leaves nothing to check is a :class:`UsageError`, never an empty success."""
+    that leaves nothing to check is a :class:`UsageError`, never an empty success. With trusted
+    keys (``public_key`` or ``$VECA_PUBLIC_KEY``) an unsigned or mis-signed bundle is a BundleError."""
     wanted = parse_backends(backends)
-    bundle = Bundle.open(directory)
+    bundle = Bundle.open(directory, public_key=public_key)
     if not bundle.artifacts:
         raise BundleError(f"{directory}: the manifest lists no artifacts")
     arts = [a for a in bundle.artifacts if wanted is None or format_backend(a.format) in wanted]

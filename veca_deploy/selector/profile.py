@@ -116,6 +116,15 @@ def _read_profile(path: Path) -> Profile:
                    entries=d["entries"], created=str(d.get("created", "")), updated=str(d.get("updated", "")))
 
 
+def read_profile(path: str | os.PathLike) -> Profile:
+    """A profile file anywhere (``bench --out``, another device's measurements); a missing,
+    truncated or foreign file is a one-line BundleError."""
+    p = Path(path)
+    if not p.is_file():
+        raise BundleError(f"{p}: no such profile file")
+    return _read_profile(p)
+
+
 def load_profile(bundle: Bundle, device: str | None = None) -> Profile | None:
     """This device's profile, or None when there is none. A corrupt file in the bundle is a
     BundleError; a corrupt cached copy is ignored (it is ours: the next save replaces it).

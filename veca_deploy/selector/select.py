@@ -86,6 +86,33 @@ def check_budget(budget_ms: float | None, percentile: float, margin: float) -> N
         raise UsageError(f"margin must be in [0, 1), got {margin!r}")
 
 
+def _profiled(profile: Profile, backend: Any) -> tuple[list[str], list[str]]:
+    """(backends, execution variants) the device behind ``profile`` measured; ``backend`` other
+    than auto narrows the backends (names are checked, availability here is irrelevant)."""
+    from ..formats import BACKENDS
+
+    seen = [e.get("backend") for e in profile.entries.values() if isinstance(e, dict)]
+    have = [b for b in BACKENDS if b in seen]
+    if backend not in (None, "auto", ["auto"]):
+        names = [b.strip() for b in (backend.split(",") if isinstance(backend, str) else backend) if b.strip()]
+        for b in names:
+            if b not in BACKENDS:
+                raise UsageError(f"unknown backend {b!r}; choose from auto, {', '.join(BACKENDS)}")
+        have = [b for b in names if b in have]
+    variants = sorted({str(e["execution"]) for e in profile.entries.values()
+                       if isinstance(e, dict) and e.get("execution")})
+    return have, variants
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both lower latency and higher accuracy, by latency."""
+    idx = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
 def rank(measured: list[Measured]) -> list[Measured]:
     return sorted(measured, key=lambda m: (tuple(-v for v in m.cand.quality()), m.latency_ms, m.cand.key))
 
@@ -159,15 +186,25 @@ def decide(fitting: list[Measured]) -> tuple[Measured, dict[str, Any]]:
 def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, backend: Any = "auto",
            margin: float = 0.1, tiers: list[int] | None = None, precisions: list[str] | None = None,
            profile: Profile | None = None, measure: bool = True, count: int = 50, warmup: int = 5,
-           threads: int | None = None, progress: Callable[..., None] | None = None) -> Selection:
+           threads: int | None = None, progress: Callable[..., None] | None = None,
+           offline: bool = False) -> Selection:
     """Choose a candidate for ``budget_ms`` (None: the most accurate, no profile needed).
 
     Candidates missing from this device's profile are measured first (with the shared harness)
     and the profile is saved into the bundle; ``measure=False`` refuses instead.
+    ``offline=True`` decides for the device that measured ``profile`` (another machine): nothing
+    runs here, and the backends and execution variants are the ones that device measured, not
+    the ones installed here; the rules are the same.
     """
     check_budget(budget_ms, percentile, margin)
-    backends = resolve_backends(backend, bundle)
-    cands = candidates(bundle, backends, tiers, precisions)
+    if offline:
+        if profile is None:
+            raise UsageError("offline selection needs a profile")
+        measure = False
+        backends, variants = _profiled(profile, backend)
+    else:
+        backends, variants = resolve_backends(backend, bundle), True
+    cands = candidates(bundle, backends, tiers, precisions, variants)
     if not cands:
         raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
                          + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
