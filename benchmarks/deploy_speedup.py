@@ -2,7 +2,15 @@
 FP32/FP16/INT8, batch 1, for veca_small (random weights) at 256 and 512 px and C = 8, 16, 32, 64,
 and for the built-in reference model (veca_tiny, trained, 28 px, its four tiers).
 
-All variants of one (model, size, C) are timed interleaved. INT8 comes from the project's
+All variants of one (model, size, C) are timed side by side in one process, in rounds: each variant
+runs a block of calls (the first untimed), the order alternating between rounds (A B C, C B A, ...);
+ONNX Runtime's intra-op workers are told not to spin after a run (``allow_spinning=False``).
+Every variant is also timed *alone* (its calls back to back, before the rounds), and the ratio
+interleaved / alone is reported per variant: interleaving eager PyTorch call by call with ONNX
+Runtime and OpenVINO once inflated the eager median 7x on a 2-core AMX Xeon (the other
+runtimes' lingering threads took the cores from torch's OpenMP team), so a variant whose
+interleaved median differs from its alone median by more than 20% is flagged in the JSON, the
+markdown and the log, and a speedup against a flagged eager baseline is not to be quoted. INT8 comes from the project's
 quantization code (``veca_deploy.calibration``: ORT static QDQ on MatMul/Gemm/Conv, both
 schemes: S8S8 and U8S8; NNCF for OpenVINO). Calibration data: for veca_small (random weights, latency only)
 random crops/flips of the photos bundled with scikit-image (``skimage.data``), few images
@@ -44,17 +52,32 @@ def parse(argv=None):
                     help="C@size list quantized to INT8, or 'all' (each INT8 tier costs two calibrations)")
     ap.add_argument("--calib-count", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=3, help="timed calls per variant per round (plus one untimed)")
+    ap.add_argument("--alone", type=int, default=5,
+                    help="back-to-back timed calls per variant, timed alone before the rounds and again after them")
+    ap.add_argument("--allow-spinning", action="store_true",
+                    help="leave ONNX Runtime's intra-op spinning on (the old method; with --block 1 it reproduces "
+                         "the starved eager baseline, which the alone/interleaved check then flags)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--peak-shape", default="1024,1024,4096",
+                    help="M,K,N of the single-MatMul model that measures each backend/precision's practical peak")
     ap.add_argument("--bundle", default=None, help="reference bundle to reuse (else one is exported)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--out", default=str(cm.RESULTS))
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.model, a.sizes, a.cores, a.calib_count, a.rounds = "veca_tiny", "28", "8", 8, 2
+        a.model, a.sizes, a.cores, a.calib_count, a.rounds, a.block, a.alone = "veca_tiny", "28", "8", 8, 2, 2, 3
+        if a.peak_shape == ap.get_default("peak_shape"):
+            a.peak_shape = "64,64,256"
         if a.int8_tiers == ap.get_default("int8_tiers"):
             a.int8_tiers = "8@28"
     a.sizes = [int(s) for s in str(a.sizes).split(",") if s]
+    try:
+        a.peak_shape = [int(v) for v in str(a.peak_shape).split(",")]
+        assert len(a.peak_shape) == 3 and min(a.peak_shape) > 0
+    except (ValueError, AssertionError):
+        ap.error(f"--peak-shape wants M,K,N, got {a.peak_shape!r}")
     a.cores = [int(c) for c in str(a.cores).split(",") if c]
     a.int8 = ({(c, s) for c in a.cores for s in a.sizes} if a.int8_tiers == "all" else
               {tuple(int(v) for v in t.split("@")) for t in a.int8_tiers.split(",") if t})
@@ -87,9 +110,40 @@ def skimage_calibration(count: int, seed: int = 0) -> tuple[np.ndarray, list[str
     return np.stack(out), names
 
 
-def timed(variants: dict, rounds: int, iters: int) -> dict:
-    samples = cm.interleaved(variants, rounds=rounds, warmup=1, iters=iters)
-    return {k: cm.summary(v) for k, v in samples.items()}
+#: interleaved / alone medians beyond this are flagged (starvation or drift between the phases)
+STARVATION_LIMIT = 0.20
+
+
+def timed(variants: dict, rounds: int, iters: int, block: int = 3, alone: int = 5) -> tuple[dict, dict]:
+    """(interleaved summaries, alone summaries). Alone: each variant's calls back to back (three
+    untimed first: OpenVINO's bf16 path needs a few calls to settle), no other runtime in
+    between, once before the rounds and once after them (one median over both, so a burst of
+    load from other jobs in one phase does not decide it); interleaved: rounds of blocks,
+    alternating order."""
+    solo = {k: [] for k in variants}
+
+    def alone_phase() -> None:
+        for k, f in variants.items():
+            solo[k] += cm.interleaved({k: f}, rounds=alone, warmup=3, iters=iters)[k]
+
+    alone_phase()
+    samples = cm.interleaved(variants, rounds=rounds, warmup=1, iters=iters, block=block, discard=1)
+    alone_phase()
+    return {k: cm.summary(v) for k, v in samples.items()}, {k: cm.summary(v) for k, v in solo.items()}
+
+
+def isa_class(fp: dict) -> str:
+    """Which issue-15 speed target applies: 'amx', 'avx512-vnni' (VNNI/BF16, no AMX), 'avx2' or 'other'."""
+    isa = set((fp.get("cpu") or {}).get("isa") or [])
+    if {"amx_int8", "amx_bf16"} & isa:
+        return "amx"
+    if {"avx512_vnni", "avx512vnni", "avx512_bf16"} & isa:
+        return "avx512-vnni"
+    return "avx2" if "avx2" in isa else "other"
+
+
+#: issue 15: the fastest path vs PyTorch eager FP32, veca_small C=16 at 512 px
+SPEED_TARGETS = {"amx": 5.0, "avx512-vnni": 2.5, "avx2": 1.5}
 
 
 def main(argv=None) -> dict:
@@ -109,17 +163,31 @@ def main(argv=None) -> dict:
     from veca_deploy.runtimes import create_runner, supported_variants
 
     fp = cm.fingerprint(a.threads)
-    ort_opts = {"threads": a.threads} if a.threads else {}
+    ort_opts = {"allow_spinning": bool(a.allow_spinning), **({"threads": a.threads} if a.threads else {})}
     ov_opts = {"inference_precision": "f32", **({"threads": a.threads} if a.threads else {})}
     if a.threads:
         torch.set_num_threads(a.threads)
     result = cm.header(fp, benchmark=NAME, model=a.model, sizes=a.sizes, cores=a.cores,
                        int8_tiers=sorted(f"{c}@{s}" for c, s in a.int8), torch_threads=torch.get_num_threads(),
-                       settings={"onnxruntime": {"threads": a.threads or "default"},
+                       method={"interleaved": f"{a.rounds} rounds, each variant a block of 1 untimed + {a.block} "
+                                              "timed calls, order alternating", "alone": f"each variant {a.alone} "
+                                              "timed calls back to back (3 untimed first), before the rounds and again after them",
+                               "flag": f"|interleaved/alone - 1| > {STARVATION_LIMIT:.0%}"},
+                       settings={"onnxruntime": {"threads": a.threads or "default",
+                                                 "allow_spinning": bool(a.allow_spinning)},
                                  "openvino": {"hint": "LATENCY", "inference_precision": "f32 (FP16 IR: weights "
                                               "fp16-compressed, compute as reported)"},
                                  "torch": "eager, torch.inference_mode(), FP32"})
     cm.log(f"machine: {result['machine']}")
+    from _peak import VARIANT_PEAK, measure_peaks
+
+    def peaks_now() -> dict:
+        return measure_peaks(*a.peak_shape, threads=a.threads, ort_options=ort_opts,
+                             ov_precisions=["f32", *supported_variants("openvino")], rounds=a.rounds, block=a.block,
+                             log=cm.log)
+
+    cm.log("practical GEMM peaks (start) ...")
+    peaks_start = peaks_now()
     tmp = Path(tempfile.mkdtemp(prefix="veca-speedup-"))
     rows: list[dict] = []
 
@@ -176,9 +244,12 @@ def main(argv=None) -> dict:
             calls.update({k: (lambda r=r: r.infer(feed, check=False)) for k, r in sorted(runners.items())})
             cm.log(f"  built {build}")
             with torch.inference_mode():
-                res = timed(calls, a.rounds, iters=1 if size >= 384 else 3)
-            rows.append(_row(a.model, size, c, forward_flops(cfg, size, size, c), res, runners, build, False))
-            cm.log("  " + ", ".join(f"{k}={v['median_ms']:.1f} ms" for k, v in res.items()))
+                res, solo = timed(calls, a.rounds, iters=1 if size >= 384 else 3, block=a.block, alone=a.alone)
+            rows.append(_row(a.model, size, c, forward_flops(cfg, size, size, c), res, runners, build, False, solo))
+            cm.log("  " + ", ".join(f"{k}={v['median_ms']:.1f} ms (alone {solo[k]['median_ms']:.1f})"
+                                    for k, v in res.items()))
+            for flag in rows[-1]["flags"]:
+                cm.log(f"  WARNING: {flag}")
             for r in runners.values():
                 r.close()
             del runners, calls
@@ -209,17 +280,45 @@ def main(argv=None) -> dict:
             calls = {"torch_fp32": lambda: ref(xt, cores=c)}
             calls.update({k: (lambda r=r: r.infer(feed, check=False)) for k, r in sorted(runners.items())})
             with torch.inference_mode():
-                res = timed(calls, max(a.rounds, 5), iters=5 if a.smoke else 40)
-            rows.append(_row("veca_tiny (reference)", h, c, forward_flops(ref.cfg, h, w, c), res, runners, {}, True))
+                res, solo = timed(calls, max(a.rounds, 5), iters=5 if a.smoke else 40, block=a.block, alone=a.alone)
+            rows.append(_row("veca_tiny (reference)", h, c, forward_flops(ref.cfg, h, w, c), res, runners, {}, True,
+                             solo))
+            for flag in rows[-1]["flags"]:
+                cm.log(f"  WARNING: {flag}")
             cm.log("  " + ", ".join(f"{k}={v['median_ms']:.3f} ms" for k, v in res.items()))
             for r in runners.values():
                 r.close()
         result["reference_bundle"] = {"path": str(bdir), "export_s": ref_export_s and round(ref_export_s, 1)}
+    cm.log("practical GEMM peaks (end) ...")
+    peaks_end = peaks_now()
+    # the better of the two measurements: load from other jobs lowers a peak, never raises it
+    peak = {k: max(v["gflops"], peaks_end["peaks"].get(k, v)["gflops"]) for k, v in peaks_start["peaks"].items()}
+    result["peaks"] = {"gflops": peak, "start": peaks_start, "end": peaks_end, "variant_peak": VARIANT_PEAK}
+    for r in rows:
+        r["gflops"] = {k: round(r["flops"] / v / 1e6, 1) for k, v in r["ms"].items()}
+        r["pct_of_peak"] = {k: round(100 * g / peak[VARIANT_PEAK[k]], 1) for k, g in r["gflops"].items()
+                            if peak.get(VARIANT_PEAK.get(k))}
     result["rows"] = rows
     tgt = next((r for r in rows if r["model"] == a.model and r["size"] == 512 and r["cores"] == 16), None)
     if tgt and tgt["speedup_vs_torch"].get("ov_int8"):
         result["target_ov_int8_c16_512"] = {"speedup_vs_torch": tgt["speedup_vs_torch"]["ov_int8"],
                                             "target": 3.0, "met": tgt["speedup_vs_torch"]["ov_int8"] >= 3.0}
+    if tgt:
+        klass = isa_class(fp)
+        best = min((k for k in tgt["ms"] if k != "torch_fp32"), key=lambda k: tgt["ms"][k])
+        goal = SPEED_TARGETS.get(klass)
+        result["target_fastest_vs_eager_c16_512"] = {
+            "isa_class": klass, "target": goal, "fastest": best, "fastest_ms": tgt["ms"][best],
+            "eager_ms": tgt["ms"]["torch_fp32"], "eager_alone_ms": tgt["alone_ms"]["torch_fp32"],
+            "speedup_vs_torch": tgt["speedup_vs_torch"][best],
+            "speedup_vs_torch_alone": cm.ratio(tgt["alone_ms"]["torch_fp32"], tgt["ms"][best]),
+            "baseline_valid": tgt["baseline_valid"],
+            "met": bool(goal and tgt["baseline_valid"] and tgt["speedup_vs_torch"][best] >= goal)}
+        key = VARIANT_PEAK[best]
+        result["target_fastest_pct_of_peak_c16_512"] = {
+            "fastest": best, "peak": key, "peak_gflops": peak.get(key), "gflops": tgt["gflops"][best],
+            "pct_of_peak": tgt["pct_of_peak"].get(best), "target_pct": 40.0,
+            "met": bool(tgt["pct_of_peak"].get(best) and tgt["pct_of_peak"][best] >= 40.0)}
     cm.finish(result)
 
     # ------------------------------------------------------------ markdown + plot
@@ -227,10 +326,39 @@ def main(argv=None) -> dict:
     hdr = ["model", "size", "C"] + [f"{v} ms" for v in cols] + [f"{v} x" for v in cols if v != "torch_fp32"]
     tab = [[r["model"], r["size"], r["cores"]] + [r["ms"].get(v) for v in cols] +
            [r["speedup_vs_torch"].get(v) for v in cols if v != "torch_fp32"] for r in rows]
-    md = (f"Machine: {result['machine']}. Batch 1; medians of interleaved rounds; `x` = PyTorch eager FP32 latency "
+    md = (f"Machine: {result['machine']}. Batch 1; medians of interleaved rounds (each variant a block of "
+          f"{a.block} timed calls after an untimed one, order alternating); `x` = PyTorch eager FP32 latency "
           "/ variant latency. OpenVINO runs with `INFERENCE_PRECISION_HINT=f32`; `ov_fp16` is the FP16-compressed IR "
           "(execution precision recorded in the JSON). INT8: ORT static QDQ (MatMul/Gemm/Conv, per-channel; `ort_int8` = "
           "S8S8, the TensorRT-portable default; `ort_int8_u8s8` = `--int8-scheme u8s8`) and NNCF (SmoothQuant off).\n\n" + cm.md_table(hdr, tab))
+    md += ("\n**Alone vs interleaved** (each variant's median timed alone, back to back, and the ratio "
+           f"interleaved / alone; beyond {STARVATION_LIMIT:.0%} it is flagged):\n\n"
+           + cm.md_table(["model", "size", "C"] + [f"{v} alone ms" for v in cols] + [f"{v} int/alone" for v in cols],
+                         [[r["model"], r["size"], r["cores"]] + [r["alone_ms"].get(v) for v in cols]
+                          + [r["interleaved_over_alone"].get(v) for v in cols] for r in rows]))
+    flags = [f"{r['model']} {r['size']} px C={r['cores']}: {f}" for r in rows for f in r["flags"]]
+    md += ("\n" + ("**Flags:**\n\n" + "\n".join(f"- {f}" for f in flags) if flags else
+                   "No variant's interleaved median differs from its alone median by more than "
+                   f"{STARVATION_LIMIT:.0%}: the eager baseline is valid.") + "\n")
+    md += (f"\n**GFLOP/s against the practical peak** of each variant's backend and precision, measured in this "
+           f"run ({result['peaks']['start']['how']}; best of start and end):\n\n"
+           + cm.md_table(["peak", "GFLOP/s"], [[k, v] for k, v in sorted(peak.items())]) + "\n"
+           + cm.md_table(["model", "size", "C"] + [f"{v} GFLOP/s (% of {VARIANT_PEAK[v]})" for v in cols],
+                         [[r["model"], r["size"], r["cores"]] + [f"{r['gflops'][v]} ({r['pct_of_peak'].get(v)} %)"
+                                                                 if v in r["gflops"] else None for v in cols]
+                          for r in rows]))
+    tp = result.get("target_fastest_pct_of_peak_c16_512")
+    if tp:
+        md += (f"\nIssue-15 target (the fastest path reaches >= 40 % of its precision's practical peak, C=16, 512 px): "
+               f"{tp['fastest']} {tp['gflops']} GFLOP/s of {tp['peak']} {tp['peak_gflops']} GFLOP/s = "
+               f"{tp['pct_of_peak']} %: " + ("**met**" if tp["met"] else "**not met**") + ".\n")
+    t15 = result.get("target_fastest_vs_eager_c16_512")
+    if t15:
+        md += (f"\nIssue-15 target ({t15['isa_class']}: fastest path >= {t15['target']}x eager, C=16, 512 px): "
+               f"{t15['fastest']} {t15['fastest_ms']:.1f} ms vs eager {t15['eager_ms']:.1f} ms interleaved "
+               f"({t15['eager_alone_ms']:.1f} ms alone) = {t15['speedup_vs_torch']}x: "
+               + ("**met**" if t15["met"] else "**not met**") + ("" if t15["baseline_valid"] else
+                                                               " (eager baseline flagged)") + ".\n")
     plt = cm.plt()
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
     width = 0.8 / max(len(cols) - 1, 1)
@@ -247,10 +375,18 @@ def main(argv=None) -> dict:
     return result
 
 
-def _row(model, size, c, flops, res, runners, build, reference) -> dict:
+def _row(model, size, c, flops, res, runners, build, reference, solo=None) -> dict:
     ms = {k: v["median_ms"] for k, v in res.items()}
+    solo = solo or {}
+    alone = {k: v["median_ms"] for k, v in solo.items()}
+    over = {k: cm.ratio(ms[k], alone.get(k)) for k in ms}
+    flags = [f"{k}: interleaved {ms[k]:.4g} ms vs alone {alone[k]:.4g} ms ({over[k]}x)"
+             + (" - eager baseline not valid" if k == "torch_fp32" else "")
+             for k in ms if over.get(k) is not None and abs(over[k] - 1) > STARVATION_LIMIT]
     return {"model": model, "size": size, "cores": c, "flops": flops, "ms": ms, "timings": res,
             "speedup_vs_torch": {k: cm.ratio(ms["torch_fp32"], v) for k, v in ms.items() if k != "torch_fp32"},
+            "alone_ms": alone, "alone_timings": solo, "interleaved_over_alone": over, "flags": flags,
+            "baseline_valid": not any(f.startswith("torch_fp32:") for f in flags),
             "runners": {k: r.describe() for k, r in runners.items()}, "build": build, "reference": reference}
 
 

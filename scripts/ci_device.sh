@@ -96,7 +96,7 @@ device_commands() {
   check "$tag-bench" 0 "$cli" bench "$b" --count 20 --quiet
   check "$tag-select" 0 "$cli" select "$b" --budget-ms 1000
   check "$tag-eval" 0 "$cli" eval "$b" --limit 300 -q
-  check "$tag-quantize" 0 "$cli" quantize "$b" --precision int8 --calib fashion-mnist --calib-size 300 -q
+  check "$tag-quantize" 0 "$cli" quantize "$b" --precision int8 --calib fashion-mnist --calib-size 300 --target tensorrt -q
   check "$tag-validate-int8" 0 "$cli" validate "$b"
   check "$tag-check-trt" 0 "$cli" check-trt "$b"
   check_trt_missing "$tag-build-trt" "$venv" "$b"

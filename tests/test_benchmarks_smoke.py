@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -143,6 +145,51 @@ def test_deploy_speedup_smoke(tmp_path, tiny_bundle):
         assert set(r["speedup_vs_torch"]) == variants - {"torch_fp32"}
         for k, v in r["speedup_vs_torch"].items():
             _ratio(v, r["ms"]["torch_fp32"], r["ms"][k])
+        # alone vs interleaved: the flag is exactly the variants beyond 20 % (no threshold on speed)
+        for k in variants:
+            _ratio(r["interleaved_over_alone"][k], r["ms"][k], r["alone_ms"][k])
+        flagged = {f.split(":")[0] for f in r["flags"]}
+        assert flagged == {k for k in variants if abs(r["interleaved_over_alone"][k] - 1) > 0.20}
+        assert r["baseline_valid"] == ("torch_fp32" not in flagged)
+        # GFLOP/s from its own numbers, against the peak of the variant's own backend and precision
+        peaks = d["peaks"]["gflops"]
+        for k in variants:
+            assert r["gflops"][k] == pytest.approx(r["flops"] / r["ms"][k] / 1e6, rel=2e-3, abs=0.1)
+            key = d["peaks"]["variant_peak"][k]
+            assert r["pct_of_peak"][k] == pytest.approx(100 * r["gflops"][k] / peaks[key], rel=2e-3, abs=0.1)
+    # the peaks: every backend/precision the variants need, each the best of two measurements
+    need = {d["peaks"]["variant_peak"][k] for r in d["rows"] for k in r["ms"]}
+    assert need <= set(d["peaks"]["gflops"]) and {"onnxruntime/int8", "numpy/fp32"} <= set(d["peaks"]["gflops"])
+    for k, g in d["peaks"]["gflops"].items():
+        start, end = d["peaks"]["start"]["peaks"][k], d["peaks"]["end"]["peaks"][k]
+        assert _pos(g) and g == max(start["gflops"], end["gflops"])
+        assert start["gflops"] == pytest.approx(2 * 64 * 64 * 256 / start["median_ms"] / 1e6, rel=2e-3, abs=0.1)
+
+
+def test_gemm_peak_models_compute_the_matmul():
+    """The peak models are the GEMM they claim: FP32 exact, U8S8 QDQ within quantization error,
+    and ONNX Runtime really runs the QDQ one in integer kernels."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(BENCH))
+    from _peak import gemm_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = gemm_models(Path(tmp), 32, 64, 48)
+        w = onnx.numpy_helper.to_array(onnx.load(str(files["fp32"])).graph.initializer[0])
+        x = np.random.default_rng(0).uniform(-1, 1, (32, 64)).astype(np.float32)
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        y32 = ort.InferenceSession(str(files["fp32"]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        y8 = ort.InferenceSession(str(files["int8"]), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.allclose(y32, x @ w, atol=1e-4)
+        cos = float((y8 * y32).sum() / np.linalg.norm(y8) / np.linalg.norm(y32))
+        assert cos > 0.99
+        ops = {n.op_type for n in onnx.load(str(Path(tmp) / "opt.onnx")).graph.node}
+        assert ops & {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger"}, ops
 
 
 def test_elastic_tiers_smoke(tmp_path, tiny_bundle):
@@ -223,6 +270,32 @@ def test_runtime_overhead_smoke(tmp_path, tiny_bundle):
         assert math.isfinite(r["predict_in_call_us"])
         assert r["met"] == (r["predict_overhead_pct"] <= 5.0 or r["predict_overhead_us"] <= 100.0)
     assert d["met"] == all(r["met"] for r in d["rows"])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores (two pinned device classes)")
+def test_fleet_slicing_smoke(tmp_path, tiny_bundle):
+    """Two pinned device classes, two signed slices: each slice validates with the public key,
+    serves its device's choice without profiling, and its byte count is the files it holds."""
+    from veca_deploy.bundle.reader import Bundle
+
+    d = _load("fleet_slicing").main(["--smoke", "--bundle", str(tiny_bundle), "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "fleet_slicing-smoke.json").read_text())["devices"] == d["devices"]
+    assert "|---" in (tmp_path / "fleet_slicing-smoke.md").read_text()
+    full = Bundle.open(tiny_bundle)
+    def size(a):
+        return a.bytes + sum(f.bytes for f in a.files)
+
+    total = sum(size(a) for a in full.artifacts)
+    assert len(d["devices"]) == 2 and {x["usable_cores"] for x in d["devices"]} == {1, 2}
+    for dev in d["devices"]:
+        assert dev["validated"] and dev["signed_by"] and dev["served_same_choice"] and dev["served_profiled"] is False
+        assert dev["chosen"].split("@")[0] in dev["artifacts"] and dev["artifacts_total"] == len(full.artifacts)
+        assert 0 < dev["bytes_after"] < dev["bytes_before"]
+        assert dev["fraction"] == pytest.approx(dev["bytes_after"] / dev["bytes_before"], abs=1e-3)
+        shipped = sum(size(full.get(aid)) for aid in dev["artifacts"])
+        assert shipped <= dev["bytes_after"] and dev["bytes_before"] >= total
+    assert {c["device"] for c in d["fleet"]} == {x["device"] for x in d["devices"]}
+    assert all(c["rc"] == 0 and c["peak_rss_mb"] > 0 for c in d["commands"])
 
 
 def test_profile_ops_smoke(tmp_path):

@@ -533,12 +533,17 @@ def test_unreadable_files(tmp_path, tiny_bundle, capsys, monkeypatch):
 
         import veca_deploy.model.checkpoint as ckpt_mod
 
-        real_read_text, real_open = Path.read_text, builtins.open
+        real_read_text, real_read_bytes, real_open = Path.read_text, Path.read_bytes, builtins.open
 
         def read_text(self, *a, **k):
             if self.name == "manifest.json":
                 raise PermissionError(errno.EACCES, "Permission denied", str(self))
             return real_read_text(self, *a, **k)
+
+        def read_bytes(self):
+            if self.name == "manifest.json":
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_read_bytes(self)
 
         def fake_open(file, *a, **k):
             if Path(file) == ckpt:
@@ -546,6 +551,7 @@ def test_unreadable_files(tmp_path, tiny_bundle, capsys, monkeypatch):
             return real_open(file, *a, **k)
 
         monkeypatch.setattr(Path, "read_text", read_text)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
         monkeypatch.setattr(ckpt_mod, "open", fake_open, raising=False)
     try:
         before = snapshot(tmp_path)

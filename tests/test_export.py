@@ -189,3 +189,22 @@ def test_cli_export_refuses_existing_and_bad_input(tiny_bundle, tmp_path):
     code, text = _cli("export", "--image-size", "abc", "--out", str(tmp_path / "z"), "-q")
     assert code == 2 and "image size" in text
     assert not (tmp_path / "z").exists()
+
+
+def test_dynamo_exporter_keeps_a_dynamic_batch(tmp_path):
+    """torch.export specializes a size-1 example dimension: a dynamic batch must stay dynamic and
+    serve batches of 1 and 3 with the same per-image outputs."""
+    import onnxruntime as ort
+
+    out = tmp_path / "d"
+    veca_deploy.export("veca_tiny", random_weights=True, out=out, cores=[16], formats=["onnx"], precisions=["fp32"],
+                       exporter="dynamo", opset=18)
+    a = read_manifest(out).artifacts[0]
+    dim = onnx.load(str(out / a.path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert not dim.HasField("dim_value"), dim
+    s = ort.InferenceSession(str(out / a.path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((3, 3, 28, 28)).astype(np.float32)
+    name = s.get_inputs()[0].name
+    three = s.run(None, {name: x})[0]
+    one = s.run(None, {name: x[1:2]})[0]
+    assert three.shape[0] == 3 and np.allclose(three[1:2], one, atol=1e-4)

@@ -159,6 +159,15 @@ def test_tampered_unsigned_and_foreign_signed_bundles_are_refused(fleet, capsys,
                            capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
         assert s.returncode != 0 and words in s.stderr
     assert cli("validate", out, env=env).returncode == 0  # the untouched slice still passes
+    # the Python API takes the key directly too (no environment variable)
+    from veca_deploy import Runtime
+    from veca_deploy.errors import BundleError
+
+    for folder, words in ((unsigned, "unsigned bundle"), (foreign, "not a trusted one")):
+        with pytest.raises(BundleError, match=words):
+            Runtime.open(folder, budget_ms=None, public_key=fleet.pub)
+    with Runtime.open(out, budget_ms=None, public_key=fleet.pub) as rt:
+        assert rt.bundle.signed_by
 
 
 def test_bad_fleet_inputs_are_one_line_errors(fleet, capsys, tmp_path):

@@ -87,6 +87,25 @@ class FakeRunner(Runner):
         return {"y": np.zeros((n, 2), np.float32)}
 
 
+
+def test_elastic_graph_refuses_core_counts_it_does_not_serve(bundle):
+    """An elastic graph computes with any core_select length; only its tiers were trained,
+    parity-checked and profiled, so another length is an InputError naming the tiers."""
+    from veca_deploy.runtimes.base import core_select
+
+    b = Bundle.open(bundle)
+    art = b.get("onnx-fp32-elastic-28x28")
+    x = np.zeros((1, 3, 28, 28), np.float32)
+    with create_runner("onnxruntime", b.path_of(art), allow_spinning=False) as r:
+        assert r.core_tiers() == (8, 16, 24, 32)
+        assert r.describe()["allow_spinning"] is False
+        out16 = r.infer({"images": x, "core_select": core_select(16)})
+        assert all(np.isfinite(v).all() for v in out16.values())
+        with pytest.raises(InputError, match=r"core_select length 12 is not a core tier.*8, 16, 24, 32"):
+            r.infer({"images": x, "core_select": core_select(12)})
+        with pytest.raises(InputError, match="not a core tier"):  # also without the input checks
+            r.infer({"images": x, "core_select": core_select(40)}, check=False)
+
 @pytest.mark.parametrize("mode,msg", [("nan", "NaN"), ("shape", "shapes changed")])
 def test_measure_sanity_check_inside_loop(mode, msg):
     x = np.zeros((1, 3, 4, 4), np.float32)

@@ -53,6 +53,9 @@ class QuantizePlan:
     eval_limit: int | None = DEFAULT_GATE_SAMPLES
     allow_drop: float | None = None
     cache_dir: str | None = None
+    #: what ``--target`` chose and why (:func:`veca_deploy.calibration.target.int8_choice`); None: no
+    #: target given (the Python API's default: S8S8 unless ``int8_scheme`` says otherwise)
+    target: dict[str, Any] | None = None
 
     @classmethod
     def from_options(cls, *, precisions: Sequence[str] = ("int8",), formats: Sequence[str] | None = None,
@@ -61,9 +64,11 @@ class QuantizePlan:
                      nncf_recipe: NncfRecipe | None = None, fp16_recipe: Fp16Recipe | None = None,
                      tiers: Sequence[int] | None = None, eval_data: Any = DEFAULT_DATA,
                      eval_limit: int | None = DEFAULT_GATE_SAMPLES, allow_drop: float | None = None,
-                     cache_dir: str | None = None) -> "QuantizePlan":
+                     cache_dir: str | None = None, target: str | os.PathLike | None = None) -> "QuantizePlan":
         """Build and check a plan from the API's keyword options (``method``/``int8_scheme``
-        are applied to the ONNX Runtime recipe)."""
+        are applied to the ONNX Runtime recipe). ``target`` (a name such as ``amx`` or
+        ``tensorrt``, ``host``, or a device profile JSON) picks the ONNX INT8 scheme that is fast
+        there; an explicit ``int8_scheme`` wins. A bad target is a UsageError before any work."""
         precs = tuple(dict.fromkeys(precisions))
         bad = [p for p in precs if p not in ("fp16", "int8")]
         if bad:
@@ -76,10 +81,17 @@ class QuantizePlan:
             raise UsageError("int8 needs calibration data: pass --calib SRC (a folder, .npy/.npz or 'fashion-mnist')")
         if allow_drop is not None and (not np.isfinite(allow_drop) or allow_drop < 0):
             raise UsageError(f"--allow-drop must be a non-negative number of points, got {allow_drop}")
+        choice = None
+        if target is not None and "int8" in precs:
+            from .target import int8_choice, resolve_target
+
+            choice = int8_choice(resolve_target(target), int8_scheme)
+            int8_scheme = choice["onnx_scheme"]
         return cls(precisions=precs, formats=fmts, calib=calib, count=count, seed=seed, allow_small=allow_small,
                    recipe=ort_recipe(method, int8_scheme, base=recipe), nncf_recipe=nncf_recipe or NncfRecipe(),
                    fp16_recipe=fp16_recipe or Fp16Recipe(), tiers=tuple(tiers) if tiers else None,
-                   eval_data=eval_data, eval_limit=eval_limit, allow_drop=allow_drop, cache_dir=cache_dir)
+                   eval_data=eval_data, eval_limit=eval_limit, allow_drop=allow_drop, cache_dir=cache_dir,
+                   target=choice if "int8" in precs else None)
 
 
 def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
@@ -178,6 +190,8 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
                       "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     if allow_drop is not None:
         calib_rec["allow_drop"] = allow_drop
+    if plan.target is not None:
+        calib_rec["target"] = plan.target
     manifest.calibration = calib_rec
     report("quantized", advance=0)
     return added
@@ -200,6 +214,8 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
             info = quantize_onnx_int8(src_path, stage / rel, cal, plan.recipe,
                                       tiers=src.tiers if src.elastic else None, cache_dir=plan.cache_dir)
             details.update(recipe=plan.recipe.to_dict(), quantization=info, calibration_sha256=cal.digest)
+            if plan.target is not None:
+                details["target"] = _target_record(plan.target, "onnx")
         trt = tensorrt_check(stage / rel)
         details["tensorrt_check"] = trt
         if prec == "int8" and plan.recipe.symmetric and not trt["ok"]:
@@ -212,6 +228,8 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
         info = quantize_openvino_int8(src_path, stage / rel, cal, plan.nncf_recipe, cache_dir=plan.cache_dir)
         details.update(recipe=plan.nncf_recipe.to_dict(), quantization=info, calibration_sha256=cal.digest,
                        parity_inference_precision="f32")
+        if plan.target is not None:
+            details["target"] = _target_record(plan.target, "openvino")
         files = [file_entry(stage, rel[: -len(".xml")] + ".bin")]
     fe = file_entry(stage, rel)
     art = Artifact(format=src.format, precision=prec, cores=src.cores, height=src.height, width=src.width, path=rel,
@@ -225,6 +243,16 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
     failures += failures_of(reports)
     art.parity = parity_record(reports, art.elastic)
     return art
+
+
+def _target_record(choice: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """An INT8 artifact's ``details.target``: the target and why this artifact's scheme was built."""
+    t = choice.get("target") or {}
+    if fmt == "onnx":
+        return {"name": t.get("name"), "kind": t.get("kind"), "scheme": choice["onnx_scheme"],
+                "chosen_by": choice["chosen_by"], "why": choice["onnx_why"]}
+    return {"name": t.get("name"), "kind": t.get("kind"), "scheme": "nncf", "chosen_by": "--target",
+            "why": choice["openvino_why"]}
 
 
 def quantize(bundle_dir: str | os.PathLike, precisions: Sequence[str] = ("int8",), calib: str | os.PathLike |

@@ -145,15 +145,6 @@ def _table(prof, rows, path) -> None:
     out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph; load = load + compile; 1st = first inference; RSS = process MiB after the run)")
 
 
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats on both lower latency and higher accuracy."""
-    idx = []
-    for i, (x, y) in enumerate(points):
-        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
-            idx.append(i)
-    return sorted(idx, key=lambda i: points[i][0])
-
-
 def _plot(rows, path: Path, device: str) -> None:
     try:
         import matplotlib
@@ -178,6 +169,8 @@ def _plot(rows, path: Path, device: str) -> None:
         ax.plot([pts[i][1] for i in idx], [ys[i] for i in idx], "o", label=label, alpha=0.8)
         for i in idx:
             ax.annotate(f"C{pts[i][0].cores}", (pts[i][1], ys[i]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    from ..selector.select import pareto
+
     front = pareto([(lat, y) for (_, lat), y in zip(pts, ys)])
     ax.step([pts[i][1] for i in front], [ys[i] for i in front], "k--", where="post", lw=1, label="Pareto front")
     ax.plot([pts[i][1] for i in front], [ys[i] for i in front], "o", mfc="none", mec="k", ms=11)

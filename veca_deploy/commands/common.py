@@ -23,9 +23,28 @@ def int8_scheme_option(f):
     """``--int8-scheme`` for export and quantize (choices: calibration.recipe.INT8_SCHEMES)."""
     from ..calibration.recipe import INT8_SCHEMES
 
-    return click.option("--int8-scheme", type=click.Choice(list(INT8_SCHEMES)), default="s8s8", show_default=True,
+    return click.option("--int8-scheme", type=click.Choice(list(INT8_SCHEMES)), default=None,
                         help="ONNX INT8: s8s8 builds into TensorRT engines; u8s8 keeps ONNX Runtime on x86 "
-                             "CPUs in integer kernels (faster there).")(f)
+                             "CPUs in integer kernels (faster there). Default: what --target needs; given, it wins "
+                             "over --target.")(f)
+
+
+def target_option(f):
+    """``--target`` for export and quantize: the device the INT8 artifacts are built for."""
+    return click.option("--target", default="host", show_default=True,
+                        help="Device the INT8 artifacts are for: avx2, avx512, avx512-vnni, amx, arm-neon, arm-sve, "
+                             "tensorrt (jetson), host (this machine), or a device profile JSON that bench wrote. "
+                             "Picks the ONNX INT8 scheme (S8S8 for TensorRT and Arm, U8S8 on x86); OpenVINO "
+                             "INT8 is NNCF on every target.")(f)
+
+
+def print_int8_choice(calibration: dict) -> None:
+    """The INT8 scheme ``--target`` chose and why (from ``manifest.calibration.target``), on stderr."""
+    choice = (calibration or {}).get("target")
+    if choice:
+        from ..calibration.target import describe_choice
+
+        console.print(describe_choice(choice), markup=False, highlight=False)
 
 
 def parse_int_list(value: str | None, what: str = "values") -> list[int] | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import console, int8_scheme_option, parse_int_list, parse_list, parse_size, progress_reporter
+from .common import (console, int8_scheme_option, parse_int_list, parse_list, parse_size, print_int8_choice,
+                     progress_reporter, target_option)
 
 
 @click.command("export")
@@ -16,6 +17,7 @@ from .common import console, int8_scheme_option, parse_int_list, parse_list, par
 @click.option("--calib", help="Calibration data for int8: a folder of images, a .npy/.npz, or fashion-mnist.")
 @click.option("--calib-size", type=int, default=None, help="Calibration images (default 512).")
 @int8_scheme_option
+@target_option
 @click.option("--allow-drop", type=float, default=None, help="Accept an accuracy drop up to X points.")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
@@ -27,7 +29,7 @@ from .common import console, int8_scheme_option, parse_int_list, parse_list, par
 @click.option("--allow-small-calib", is_flag=True, help="Accept fewer than 300 calibration images (recorded).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, allow_drop, batch, opset, exporter,
+def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, target, allow_drop, batch, opset, exporter,
             simplifier, elastic, random_weights, out, allow_small_calib, force, quiet):
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
@@ -39,7 +41,7 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             batch = int(batch)
         except ValueError:
             raise UsageError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
-    calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme}
+    calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme, "target": target}
     if calib_size is not None:
         calib_options["count"] = calib_size
     if allow_drop is not None:
@@ -54,3 +56,5 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             progress=report)
     n = len(manifest.artifacts)
     console.print(f"[green]wrote[/green] {out}: {n} artifacts, {len(manifest.tiers())} tiers, all parity gates passed")
+    if "int8" in (parse_list(precisions) or []):
+        print_int8_choice(manifest.calibration)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import int8_scheme_option, out, parse_int_list, parse_list, progress_reporter
+from .common import int8_scheme_option, out, parse_int_list, parse_list, print_int8_choice, progress_reporter, target_option
 
 
 @click.command("quantize")
@@ -18,6 +18,7 @@ from .common import int8_scheme_option, out, parse_int_list, parse_list, progres
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
               help="ONNX Runtime activation calibration (default minmax, see docs/quantization.md).")
 @int8_scheme_option
+@target_option
 @click.option("--format", "formats", default=None, help="onnx, openvino (default: both, where the bundle has FP32).")
 @click.option("--tiers", default=None, help="Only these core tiers (elastic graphs are always included).")
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Held-out data for the accuracy gate.")
@@ -26,8 +27,8 @@ from .common import int8_scheme_option, out, parse_int_list, parse_list, progres
 @click.option("--allow-small-calib", "--force", "allow_small", is_flag=True,
               help="Accept fewer than 300 calibration images (recorded in the manifest); --force is the old name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, formats, tiers, eval_data, eval_limit, allow_drop,
-            allow_small, quiet) -> None:
+def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, target, formats, tiers, eval_data, eval_limit,
+            allow_drop, allow_small, quiet) -> None:
     """Add INT8 (ONNX QDQ + OpenVINO NNCF) and/or FP16 ONNX artifacts to BUNDLE_DIR, gated on parity and accuracy."""
     from rich.table import Table
 
@@ -37,7 +38,7 @@ def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, for
     with progress_reporter(not quiet) as rep:
         m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), allow_small=allow_small,
                      allow_drop=allow_drop, progress=rep, method=method, int8_scheme=int8_scheme, count=count, seed=seed,
-                     tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit)
+                     tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit, target=target)
     t = Table(title=f"quantized artifacts in {bundle_dir}")
     for col in ("artifact", "path", "MiB", "accuracy", "min cosine"):
         t.add_column(col)
@@ -53,3 +54,5 @@ def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, for
     cal = m.calibration
     out.print(f"calibration: {cal.get('source')} ({cal.get('count')} images, seed {cal.get('seed')})"
               + (" [yellow]below minimum, forced[/yellow]" if cal.get("forced_below_minimum") else ""))
+    if "int8" in precs:
+        print_int8_choice(cal)

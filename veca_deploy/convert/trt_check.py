@@ -305,7 +305,7 @@ def _check_qdq(graph, consts: dict, report: CheckReport) -> None:
         dt = _DT.get(zp.data_type, str(zp.data_type))
         if dt not in ZERO_POINT_DTYPES:
             report.add(f"{node.op_type} {name!r}: zero point is {dt}; TensorRT supports only signed INT8 "
-                       f"quantization with zero point 0 (re-quantize with signed activations and weights)")
+                       f"quantization with zero point 0 (re-quantize for TensorRT: quantize --target tensorrt, or --int8-scheme s8s8)")
             continue
         try:
             values = numpy_helper.to_array(zp)

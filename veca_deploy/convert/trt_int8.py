@@ -193,7 +193,7 @@ def _require_s8s8_qdq(model: Any, name: str) -> None:
         zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         if zp is not None and zp.data_type != onnx.TensorProto.INT8:
             raise ExportError(f"{name}: {n.op_type} {n.name!r} has a {onnx.TensorProto.DataType.Name(zp.data_type)} "
-                              "zero point; the TensorRT INT8 source must be the S8S8 graph (quantize --int8-scheme s8s8)")
+                              "zero point; the TensorRT INT8 source must be the S8S8 graph (quantize --target tensorrt)")
     if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
         raise ExportError(f"{name}: already holds FP16 constants; give the S8S8 graph as the bundle stores it")
 

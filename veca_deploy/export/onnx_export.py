@@ -64,7 +64,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
     path = Path(path)
     model = model.eval()
     outs = output_names(model)
-    b = 1 if batch == "dynamic" else int(batch)
+    # torch.export specializes a dimension whose example size is 0 or 1, so the dynamo exporter
+    # traces a dynamic batch with 2 examples (else "dynamic" silently became a fixed batch of 1)
+    b = (2 if exporter == "dynamo" else 1) if batch == "dynamic" else int(batch)
     images = torch.zeros(b, model.cfg.in_channels, height, width)
     if elastic_tiers:
         module: nn.Module = ElasticModule(model)

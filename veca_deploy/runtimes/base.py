@@ -70,7 +70,17 @@ class Runner(abc.ABC):
             self.activate()
         if check:
             feed = check_feed(self.input_specs(), feed)
+        tiers = self.core_tiers()
+        if tiers and CORE_SELECT in feed:  # always (cheap): an elastic graph runs any length it is fed
+            check_core_select(feed[CORE_SELECT], tiers, self.path.name)
         return self._infer(feed)
+
+    def core_tiers(self) -> tuple[int, ...] | None:
+        """The core counts an elastic artifact serves (its ``veca.tiers`` metadata), else None.
+        The ``tiers`` option overrides what the file says."""
+        if self.options.get("tiers"):
+            return tuple(int(t) for t in self.options["tiers"])
+        return getattr(self, "_core_tiers", None)
 
     @abc.abstractmethod
     def input_specs(self) -> list[TensorSpec]: ...
@@ -122,6 +132,26 @@ def check_feed(specs: list[TensorSpec], feed: dict[str, np.ndarray]) -> dict[str
             raise InputError(f"input {s.name!r} contains NaN or Inf")
         out[s.name] = np.ascontiguousarray(x)
     return out
+
+
+def check_core_select(x: Any, tiers: tuple[int, ...], name: str = "the elastic graph") -> None:
+    """An elastic graph computes with any ``core_select`` length; only its tiers were trained,
+    parity-checked and profiled, so any other length is refused."""
+    n = x.shape[0] if getattr(x, "ndim", 0) >= 1 else None
+    if n not in tiers:
+        raise InputError(f"{CORE_SELECT} length {n} is not a core tier of {name} "
+                         f"(tiers {', '.join(map(str, sorted(tiers)))})")
+
+
+def tiers_from_metadata(meta: dict[str, str]) -> tuple[int, ...] | None:
+    """An artifact's served core tiers from its ``veca.*`` metadata when it is elastic."""
+    if meta.get("veca.elastic") != "1":
+        return None
+    try:
+        tiers = tuple(int(t) for t in meta.get("veca.tiers", "").split(",") if t.strip())
+    except ValueError:
+        return None
+    return tiers or None
 
 
 def _fmt(shape: tuple) -> str:

@@ -24,7 +24,16 @@ CPUINFO = "/proc/cpuinfo"
 #: ISA features that change which kernels a runtime picks (x86 ``flags`` / Arm ``Features`` names)
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vnni",
              "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-             "neon", "asimd", "asimdhp", "asimddp", "fphp", "bf16", "i8mm", "sve", "sve2")
+             "neon", "asimd", "asimdhp", "asimddp", "fphp", "bf16", "i8mm", "sve", "sve2",
+             "avx512dq", "avx_vnni_int8", "amx_fp16", "svebf16", "svei8mm", "sme")
+#: the names that decide which kernels run, as people write them (``cpu_info()["features"]``), from
+#: the raw flags: x86 ``flags`` (Linux names) and Arm ``Features`` (``asimd`` is NEON, ``asimddp``
+#: the int8 dot product, ``i8mm`` the int8 matrix multiply)
+FEATURES = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("AVX512-VNNI", ("avx512_vnni", "avx512vnni")),
+            ("AVX-VNNI", ("avx_vnni",)), ("AVX512-BF16", ("avx512_bf16",)), ("AVX512-FP16", ("avx512_fp16",)),
+            ("AMX-BF16", ("amx_bf16",)), ("AMX-INT8", ("amx_int8",)), ("AMX-FP16", ("amx_fp16",)),
+            ("NEON", ("neon", "asimd")), ("NEON-FP16", ("asimdhp", "fphp")), ("NEON-DOTPROD", ("asimddp",)),
+            ("NEON-I8MM", ("i8mm",)), ("NEON-BF16", ("bf16",)), ("SVE", ("sve",)), ("SVE2", ("sve2",)))
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ORT_NUM_THREADS")
 
 
@@ -36,8 +45,15 @@ def _read(path: str) -> str:
         return ""
 
 
+def isa_features(isa: Any) -> list[str]:
+    """The :data:`FEATURES` names present in raw ISA flags (``cpu_info()["isa"]``), in table order."""
+    have = set(isa or ())
+    return [name for name, flags in FEATURES if have.intersection(flags)]
+
+
 def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
-    """CPU model, core counts and the ISA flags we care about (from ``/proc/cpuinfo`` on Linux)."""
+    """CPU model, core counts, the ISA flags we care about (from ``/proc/cpuinfo`` on Linux) and
+    ``features``: the same as :data:`FEATURES` names (AVX2, AVX512-VNNI, AMX-INT8, NEON, SVE, ...)."""
     text = _read(CPUINFO) if cpuinfo is None else cpuinfo
     fields: dict[str, str] = {}
     for line in text.splitlines():
@@ -50,14 +66,15 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
         model = dt or platform.processor() or None
     raw = set((fields.get("flags") or fields.get("features") or "").split())
     isa = [f for f in ISA_FLAGS if f in raw]
-    if platform.machine().lower() in ("aarch64", "arm64") and "neon" not in isa:
+    if (platform.machine().lower() in ("aarch64", "arm64") or "asimd" in raw) and "neon" not in isa:
         isa.insert(0, "neon")  # NEON (asimd) is mandatory on AArch64
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
     return {"model": model, "vendor": fields.get("vendor_id") or fields.get("cpu implementer"),
-            "arch": platform.machine(), "logical_cores": os.cpu_count(), "usable_cores": usable, "isa": isa}
+            "arch": platform.machine(), "logical_cores": os.cpu_count(), "usable_cores": usable, "isa": isa,
+            "features": isa_features(isa)}
 
 
 def runtime_versions() -> dict[str, str | None]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import first_line, BackendUnavailable, BundleError
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, tiers_from_metadata
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
            "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
@@ -16,7 +16,9 @@ _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int
 
 class OnnxRuntimeRunner(Runner):
     """Options: ``providers`` (default CPU), ``threads`` (intra-op, default all cores),
-    ``graph_optimization`` ("all"), ``profile`` (ORT per-operator profiling file prefix)."""
+    ``graph_optimization`` ("all"), ``profile`` (ORT per-operator profiling file prefix),
+    ``allow_spinning`` (False: intra-op workers block instead of spinning after each run, so
+    they do not take the cores from other runtimes in the same process; default: ORT's, spinning)."""
 
     backend = "onnxruntime"
 
@@ -33,6 +35,8 @@ class OnnxRuntimeRunner(Runner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        if self.options.get("allow_spinning") is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options["allow_spinning"] else "0")
         if self.options.get("profile"):
             so.enable_profiling = True
             so.profile_file_prefix = str(self.options["profile"])
@@ -52,6 +56,7 @@ class OnnxRuntimeRunner(Runner):
                                    tuple(d if isinstance(d, int) else None for d in i.shape))
                         for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self._core_tiers = tiers_from_metadata(dict(self.session.get_modelmeta().custom_metadata_map or {}))
 
     def input_specs(self) -> list[TensorSpec]:
         self.activate()
@@ -75,4 +80,6 @@ class OnnxRuntimeRunner(Runner):
 
         return {"backend": self.backend, "version": ort.__version__,
                 "providers": self.options.get("providers") or ["CPUExecutionProvider"],
-                "threads": self.options.get("threads") or "default"}
+                "threads": self.options.get("threads") or "default",
+                **({"allow_spinning": bool(self.options["allow_spinning"])}
+                   if self.options.get("allow_spinning") is not None else {})}

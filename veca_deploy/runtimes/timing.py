@@ -198,10 +198,14 @@ def measure(runner: Runner, feed: dict[str, np.ndarray], *, count: int | None = 
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                iters: dict[str, int] | int = 1, log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                iters: dict[str, int] | int = 1, log: Callable[[str], None] | None = None,
+                block: int = 1, discard: int = 0) -> dict[str, list[float]]:
     """Time every variant ``rounds`` times, interleaved: odd rounds run the variants in order,
     even rounds in reverse (A B C, C B A, ...). One sample = mean ms of ``iters`` calls.
-    ``warmup`` untimed calls per variant come first, also interleaved."""
+    ``warmup`` untimed calls per variant come first, also interleaved. ``block`` > 1: each
+    variant's turn is a block of ``discard`` untimed calls and then ``block`` samples, so a
+    runtime whose threads linger after the previous variant's calls does not pay for them
+    (every variant still sees the same rounds and the same drift)."""
     names = list(variants)
     it = (lambda k: iters) if isinstance(iters, int) else (lambda k: iters.get(k, 1))
     for _ in range(warmup):
@@ -211,10 +215,13 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: 
     for r in range(rounds):
         for k in (names if r % 2 == 0 else names[::-1]):
             n = it(k)
-            t0 = time.perf_counter()
-            for _ in range(n):
+            for _ in range(discard):
                 variants[k]()
-            samples[k].append((time.perf_counter() - t0) / n * 1e3)
+            for _ in range(max(block, 1)):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    variants[k]()
+                samples[k].append((time.perf_counter() - t0) / n * 1e3)
         if log:
             log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k}={samples[k][-1]:.1f}" for k in names))
     return samples

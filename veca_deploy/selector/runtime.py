@@ -132,14 +132,17 @@ class Runtime:
              measure: bool = True, count: int = 50, warmup: int = 5, window: int = 16, headroom: float = 0.7,
              patience: int = 3, clock: Callable[[], float] = time.perf_counter,
              latency_hook: LatencyHook | None = None, runner_options: dict[str, Any] | None = None,
-             adaptive_options: dict[str, Any] | None = None) -> "Runtime":
+             adaptive_options: dict[str, Any] | None = None,
+             public_key: Any = None) -> "Runtime":
         """Open a bundle and select a tier for ``budget_ms`` at ``percentile`` (None: the most
         accurate tier, no profiling). Without a profile for this device the candidates are
         measured first (``count`` runs each) and the profile is saved into the bundle.
         ``latency_hook(measured_ms, tier) -> observed_ms`` lets tests inject slowdowns.
         ``adaptive_options`` passes the controller's other settings (``warmup``, ``down_patience``,
-        ``dwell_s``, ``max_ups_per_minute``, ...; see :class:`AdaptiveController`)."""
-        bundle = Bundle.open(directory)
+        ``dwell_s``, ``max_ups_per_minute``, ...; see :class:`AdaptiveController`).
+        ``public_key``: trusted ed25519 public key file(s); given (or ``$VECA_PUBLIC_KEY`` set), an
+        unsigned or mis-signed bundle is a BundleError before anything loads."""
+        bundle = Bundle.open(directory, public_key=public_key)
         sel = select(bundle, budget_ms, percentile=percentile, backend=backend, margin=margin, tiers=tiers,
                      precisions=precisions, measure=measure, count=count, warmup=warmup, threads=threads)
         return cls(bundle, sel, adaptive=adaptive, threads=threads, runner_extra=runner_options, window=window,

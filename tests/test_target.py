@@ -1,0 +1,139 @@
+"""``--target``: the device INT8 artifacts are built for, from a name, this host or a device
+profile; the ISA names the fingerprint reports; the scheme each target gets, recorded and
+explained; an explicit ``--int8-scheme`` wins; bad targets are one-line usage errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from veca_deploy.calibration.target import TARGETS, describe_choice, int8_choice, resolve_target
+from veca_deploy.errors import UsageError
+from veca_deploy.runtimes.fingerprint import cpu_info, isa_features
+
+ZEN3 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7763 64-Core Processor\n"
+        "flags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 sha_ni\n")
+ZEN4 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
+        "flags\t\t: sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni\n")
+SPR = ("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+       "flags\t\t: sse4_2 avx avx2 fma f16c avx512f avx512bw avx512vl avx_vnni avx512_vnni avx512_bf16 "
+       "avx512_fp16 amx_bf16 amx_tile amx_int8\n")
+GRAVITON3 = ("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+             "fphp asimdhp cpuid asimdrdm lrcpc dcpop sha3 asimddp sha512 sve asimdfhm svei8mm svebf16 i8mm bf16\n"
+             "CPU implementer\t: 0x41\n")
+
+
+@pytest.mark.parametrize("text, want, absent", [
+    (ZEN3, ["AVX2"], ["AVX-512", "AVX512-VNNI", "AMX-INT8"]),
+    (ZEN4, ["AVX2", "AVX-512", "AVX512-VNNI", "AVX512-BF16"], ["AMX-INT8", "AVX512-FP16"]),
+    (SPR, ["AVX2", "AVX-512", "AVX512-VNNI", "AVX-VNNI", "AVX512-BF16", "AVX512-FP16", "AMX-BF16", "AMX-INT8"], []),
+    (GRAVITON3, ["NEON", "NEON-FP16", "NEON-DOTPROD", "NEON-I8MM", "NEON-BF16", "SVE"], ["AVX2", "SVE2"]),
+])
+def test_fingerprint_names_the_isa_that_picks_kernels(text, want, absent):
+    info = cpu_info(text)
+    assert all(f in info["features"] for f in want), info["features"]
+    assert not set(absent) & set(info["features"]), info["features"]
+    assert info["features"] == isa_features(info["isa"])
+
+
+def test_each_named_target_gets_the_scheme_that_is_fast_there():
+    schemes = {name: int8_choice(resolve_target(name))["onnx_scheme"] for name in TARGETS}
+    assert schemes == {"avx2": "u8s8", "avx512": "u8s8", "avx512-vnni": "u8s8", "amx": "u8s8",
+                       "arm-neon": "s8s8", "arm-sve": "s8s8", "tensorrt": "s8s8"}
+    for alias, name in (("jetson", "tensorrt"), ("VNNI", "avx512-vnni"), ("aarch64", "arm-neon")):
+        assert resolve_target(alias).name == name
+    c = int8_choice(resolve_target("amx"))
+    assert c["chosen_by"] == "--target" and "QLinearMatMul" in c["onnx_why"] and "AMX-INT8" in c["target"]["features"]
+    assert "TensorRT" in int8_choice(resolve_target("jetson"))["onnx_why"]
+
+
+def test_host_target_reads_this_machine():
+    t = resolve_target(None)
+    assert t.origin == "host" and t.kind in ("x86", "arm", "tensorrt")
+    assert t.isa == tuple(cpu_info()["isa"])
+
+
+def test_explicit_scheme_wins_and_says_what_the_target_wanted():
+    c = int8_choice(resolve_target("tensorrt"), "u8s8")
+    assert c["onnx_scheme"] == "u8s8" and c["chosen_by"] == "--int8-scheme"
+    assert "would build s8s8" in c["onnx_why"] and "TensorRT cannot build U8S8" in c["onnx_why"]
+    same = int8_choice(resolve_target("avx2"), "u8s8")
+    assert same["onnx_scheme"] == "u8s8" and same["chosen_by"].startswith("--int8-scheme (same")
+    assert "U8S8" in describe_choice(c) and "tensorrt" in describe_choice(c)
+
+
+def _profile(path: Path, fingerprint: dict) -> Path:
+    from veca_deploy.selector.profile import Profile, write_profile
+
+    return write_profile(path, Profile(device=path.stem, fingerprint=fingerprint))
+
+
+def test_a_device_profile_is_a_target(tmp_path):
+    arm = _profile(tmp_path / "graviton.json", {"cpu": cpu_info(GRAVITON3) | {"arch": "aarch64"}, "gpu": None})
+    t = resolve_target(str(arm))
+    assert (t.kind, t.origin) == ("arm", f"profile {arm}") and int8_choice(t)["onnx_scheme"] == "s8s8"
+    x86 = _profile(tmp_path / "zen4.json", {"cpu": cpu_info(ZEN4) | {"arch": "x86_64"}, "gpu": None})
+    assert int8_choice(resolve_target(str(x86)))["onnx_scheme"] == "u8s8"
+    orin = _profile(tmp_path / "orin.json", {"cpu": cpu_info(GRAVITON3), "gpu": {"name": "Orin"}})
+    assert resolve_target(str(orin)).kind == "tensorrt"
+
+
+def test_bad_targets_are_one_line_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="unknown --target 'pentium'.*tensorrt"):
+        resolve_target("pentium")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(UsageError, match="unreadable profile"):
+        resolve_target(str(tmp_path / "junk.json"))
+    with pytest.raises(UsageError, match="no such profile"):
+        resolve_target(str(tmp_path / "missing.json"))
+    empty = _profile(tmp_path / "empty.json", {})
+    with pytest.raises(UsageError, match="no device fingerprint"):
+        resolve_target(str(empty))
+
+
+@pytest.mark.slow
+def test_quantize_cli_builds_records_and_explains_the_target(tiny_bundle, tmp_path, capsys):
+    """Through the CLI: --target tensorrt builds S8S8 that passes check-trt; --target avx2 builds
+    U8S8 that ONNX Runtime fuses into integer kernels and check-trt refuses with the fix; both
+    record the target in the manifest and print why."""
+    import onnx
+
+    from veca_deploy.bundle.manifest import read_manifest
+    from veca_deploy.cli import main
+    from veca_deploy.convert.trt_check import check_onnx_for_tensorrt
+    from veca_deploy.data import fashion_mnist_available
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    got = {}
+    for target in ("tensorrt", "avx2"):
+        b = tmp_path / target
+        shutil.copytree(tiny_bundle, b)
+        code = main(["quantize", str(b), "--precision", "int8", "--calib", "fashion-mnist", "--calib-size", "300",
+                     "--format", "onnx", "--tiers", "8", "--eval-limit", "200", "--target", target, "-q"])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        assert f"INT8 for target {target}" in printed.out + printed.err
+        m = read_manifest(b)
+        assert m.calibration["target"]["target"]["name"] == target
+        art = next(a for a in m.artifacts if a.id == "onnx-int8-c8-28x28")
+        got[target] = (b, art)
+        assert art.details["target"]["name"] == target
+    b, art = got["tensorrt"]
+    assert art.details["recipe"]["variant"] == "S8S8-symmetric" and check_onnx_for_tensorrt(b / art.path).ok
+    b, art = got["avx2"]
+    assert art.details["recipe"]["variant"] == "U8S8-reduce-range"
+    zps = {i.name: i.data_type for i in onnx.load(str(b / art.path)).graph.initializer}
+    assert any(t == onnx.TensorProto.UINT8 for t in zps.values())
+    code = main(["check-trt", str(b)])
+    err = capsys.readouterr().err
+    assert code != 0 and "--target tensorrt" in err and len(err.strip().splitlines()) == 1
+    # a bad target is refused before any work, the bundle unchanged
+    before = json.loads((b / "manifest.json").read_text())
+    code = main(["quantize", str(b), "--calib", "fashion-mnist", "--target", "z80", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown --target 'z80'" in err
+    assert json.loads((b / "manifest.json").read_text()) == before
