@@ -33,6 +33,14 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB"))
 
 
+def pillow_available() -> bool:
+    try:
+        from PIL import Image
+    except ImportError:
+        return False
+    return Image is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
@@ -46,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         print(f"no images in {args.images}", file=sys.stderr)
+        return 2
+    if any(f.suffix.lower() != ".npy" for f in files) and not pillow_available():
+        # before the runtime opens (and profiles): one line, not a traceback at the first image
+        print("error: reading PNG/JPEG/BMP/WebP images needs Pillow: pip install pillow "
+              "(or give .npy files)", file=sys.stderr)
         return 2
     try:
         with veca_deploy.Runtime.open(args.bundle, budget_ms=args.budget_ms, backend=args.backend,

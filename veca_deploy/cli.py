@@ -185,6 +185,10 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+#: what click (8.2+) raises for a group called without a command (older click prints the help and exits 0)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _main(argv: list[str] | None, trap: _SignalTrap) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("VECA_DEBUG")
     try:
@@ -192,6 +196,9 @@ def _main(argv: list[str] | None, trap: _SignalTrap) -> int:
     except click.exceptions.Abort:
         _write_err(trap.message())
         return trap.exit_code()
+    except _NO_ARGS_IS_HELP as e:  # bare ``veca-deploy``: the normal multi-line help, on stdout
+        click.echo(e.ctx.get_help() if e.ctx is not None else cli.get_help(click.Context(cli)))
+        return 0
     except click.UsageError as e:  # bad option / missing argument: one line too
         sub = e.ctx.command_path.partition(" ")[2] if e.ctx else ""
         hint = f" (see 'veca-deploy {sub} --help')" if sub else " (see --help)"

@@ -1,7 +1,10 @@
 """Image preprocessing declared by a bundle and shared by calibration, eval and the runtime.
 
-numpy only (the runtime path imports no torch). The resize is bilinear with half-pixel centres
-(``align_corners=False``, no antialias), i.e. what ``torch.nn.functional.interpolate`` does.
+What training used, the way timm's data config says it: bilinear interpolation with or without
+antialiasing (:mod:`veca_deploy.resize`), ``stretch`` to the tier's size or ``shorter`` side
+resize to ``size / crop_pct`` and a centre crop, then ``scale``, ``mean``/``std``. Bundles written
+before these keys existed read as bilinear, no antialias, stretch: what they were served with.
+numpy (and Pillow when installed) only: the runtime path imports no torch.
 """
 
 from __future__ import annotations
@@ -11,20 +14,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-
+from .resize import centre_crop, cover_size, resize, resize_bilinear
 
 #: what :class:`Preprocess` implements (see its docstring)
 RESIZES = ("bilinear",)
+RESIZE_MODES = ("stretch", "shorter")
 LAYOUTS = ("NCHW",)
 COLOR_ORDERS = ("RGB", "BGR")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How raw pixels become the network's ``images`` input: ``x * scale`` in ``color_order``,
-    resized with ``resize`` to the tier's size, normalised by ``mean``/``std`` into ``layout``.
-    Only what :meth:`__call__` really implements is accepted, so a bundle that declares another
-    resize or layout is refused instead of being silently fed something else."""
+    """How raw pixels become the network's ``images`` input: resized with ``resize``
+    (interpolation; ``antialias``) to the tier's size (``resize_mode``: ``stretch``, or ``shorter``
+    side to ``size / crop_pct`` then a centre crop), ``x * scale`` in ``color_order``, normalised by
+    ``mean``/``std`` into ``layout``. Only what :meth:`__call__` really implements is accepted, so
+    a bundle that declares another resize or layout is refused instead of being silently fed
+    something else."""
 
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -32,24 +38,41 @@ class Preprocess:
     resize: str = "bilinear"
     scale: float = 1.0 / 255.0
     layout: str = "NCHW"
+    antialias: bool = False
+    resize_mode: str = "stretch"
+    crop_pct: float = 1.0
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("resize", self.resize, RESIZES), ("layout", self.layout, LAYOUTS),
-                                     ("color_order", self.color_order, COLOR_ORDERS)):
+                                     ("color_order", self.color_order, COLOR_ORDERS),
+                                     ("resize_mode", self.resize_mode, RESIZE_MODES)):
             if value not in allowed:
                 raise ValueError(f"preprocess {name} {value!r} is not implemented here (supported: "
                                  f"{', '.join(allowed)})")
+        if not (0.0 < float(self.crop_pct) <= 1.0):
+            raise ValueError(f"preprocess crop_pct must be in (0, 1], got {self.crop_pct}")
 
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "color_order": self.color_order,
-                "resize": self.resize, "scale": self.scale, "layout": self.layout}
+                "resize": self.resize, "scale": self.scale, "layout": self.layout, "antialias": bool(self.antialias),
+                "resize_mode": self.resize_mode, "crop_pct": float(self.crop_pct)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
         return cls(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
                    color_order=str(d.get("color_order", "RGB")), resize=str(d.get("resize", "bilinear")),
-                   scale=float(d.get("scale", 1 / 255)), layout=str(d.get("layout", "NCHW")))
+                   scale=float(d.get("scale", 1 / 255)), layout=str(d.get("layout", "NCHW")),
+                   antialias=bool(d.get("antialias", False)), resize_mode=str(d.get("resize_mode", "stretch")),
+                   crop_pct=float(d.get("crop_pct", 1.0)))
+
+    def resized(self, img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """One HxWxC image at ``size`` as float32 in the input's value range (before scale/mean/std)."""
+        h, w = size
+        if self.resize_mode == "shorter" and img.shape[:2] != (h, w):
+            rh, rw = cover_size(img.shape[:2], size, self.crop_pct)
+            return centre_crop(resize(img, rh, rw, self.antialias), h, w)
+        return resize(img, h, w, self.antialias)
 
     def __call__(self, images, size: tuple[int, int]) -> np.ndarray:
         """uint8 images (one HWC/HW image or a list/array of them, any size) -> float32 NCHW."""
@@ -59,11 +82,9 @@ class Preprocess:
         mean = np.asarray(self.mean, np.float32)[:, None, None]
         inv_std = (1.0 / np.asarray(self.std, np.float32))[:, None, None]
         for i, img in enumerate(batch):
-            x = img.astype(np.float32) * np.float32(self.scale)
+            x = self.resized(img, (h, w)) * np.float32(self.scale)  # resize is linear: order is free
             if self.color_order == "BGR":
                 x = x[..., ::-1]
-            if x.shape[0] != h or x.shape[1] != w:
-                x = resize_bilinear(x, h, w)
             out[i] = (x.transpose(2, 0, 1) - mean) * inv_std
         return out
 
@@ -102,17 +123,4 @@ def to_hwc_batch(images) -> list[np.ndarray]:
     return out
 
 
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    pos = np.clip(pos, 0, n_in - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (pos - lo).astype(np.float32)
-
-
-def resize_bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of an HxWxC float32 image (half-pixel centres, edge clamp)."""
-    y0, y1, fy = _axis_weights(x.shape[0], h)
-    x0, x1, fx = _axis_weights(x.shape[1], w)
-    rows = x[y0] * (1 - fy)[:, None, None] + x[y1] * fy[:, None, None]
-    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+__all__ = ["COLOR_ORDERS", "LAYOUTS", "RESIZES", "RESIZE_MODES", "Preprocess", "resize_bilinear", "to_hwc_batch"]

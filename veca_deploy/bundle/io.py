@@ -9,6 +9,7 @@ renames of a swap and the removal of a staging folder run with SIGINT / SIGTERM 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -126,14 +127,46 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     os.replace(tmp, root / MANIFEST_NAME)
 
 
+def check_output_path(out: str | os.PathLike) -> None:
+    """Refuse an output path that is a symbolic link (to a folder, to nothing, or a loop), before
+    any work: replacing the link would leave the folder it points to stale, and renaming over a
+    link to nothing fails only after the whole export. One :class:`OutputExistsError`."""
+    out = Path(out)
+    if not out.is_symlink():
+        return
+    try:
+        target = os.readlink(out)
+    except OSError:
+        target = "?"
+    try:
+        out.stat()
+        what = f"a symbolic link to {target}"
+    except OSError as e:
+        what = (f"a symbolic link loop ({target})" if e.errno == errno.ELOOP
+                else f"a symbolic link to {target}, which does not exist")
+    raise OutputExistsError(f"{out} is {what}: refusing to write a bundle through a link; give the real "
+                            "folder path, or remove the link")
+
+
+def _remove_old(old: Path) -> None:
+    """Remove a previous bundle renamed aside: a folder, or a link (rmtree refuses links)."""
+    if old.is_symlink() or old.is_file():
+        with contextlib.suppress(OSError):
+            old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_bundle(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside ``out``; on success it replaces ``out`` atomically.
 
     An existing ``out`` is kept unless ``force``; on any failure the staging folder is removed
-    and ``out`` is left exactly as it was.
+    and ``out`` is left exactly as it was. A symbolic link as ``out`` is refused
+    (:func:`check_output_path`).
     """
     out = Path(out)
+    check_output_path(out)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
@@ -157,9 +190,15 @@ def staged_update(bundle: str | os.PathLike) -> Iterator[Path]:
     """Copy a bundle to a staging folder, yield it for changes, then swap it in atomically.
 
     Used to add artifacts (quantized graphs, engines): an interrupted update leaves the
-    original bundle untouched.
+    original bundle untouched. A bundle given through a symbolic link is updated where the
+    link points (the link stays a link, its folder gets the update).
     """
     src = Path(bundle)
+    if src.is_symlink():
+        try:
+            src = src.resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # a loop, or a link to nothing
+            raise BundleError(f"{bundle}: broken symbolic link ({getattr(e, 'strerror', None) or e})") from None
     if not (src / MANIFEST_NAME).is_file():
         raise BundleError(f"{src}: not a bundle (no {MANIFEST_NAME})")
     stage = _new_stage(src.parent, src.name)
@@ -177,9 +216,9 @@ def swap_in(stage: Path, out: Path) -> None:
     """Replace ``out`` by ``stage`` with renames only (the old folder survives until the end).
     Signals are held back until both renames are done (or undone)."""
     with deferred_signals(), _SWAP_LOCK:
-        if out.exists():
+        if out.exists() or out.is_symlink():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_old(old)
             os.rename(out, old)
             try:
                 os.rename(stage, out)
@@ -187,7 +226,7 @@ def swap_in(stage: Path, out: Path) -> None:
                 os.rename(old, out)
                 raise
             _ACTIVE_STAGES.discard(stage)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_old(old)
         else:
             os.rename(stage, out)
             _ACTIVE_STAGES.discard(stage)

@@ -8,6 +8,7 @@ numpy-free and torch-free on purpose.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -242,9 +243,14 @@ def read_manifest_bytes(directory: str | os.PathLike) -> bytes:
     """The raw bytes of ``DIR/manifest.json`` (what a signature covers), with one-line errors."""
     root = Path(directory)
     try:
-        if not root.exists():
-            raise BundleError(f"{root}: no such bundle folder")
-    except OSError as e:  # e.g. ELOOP: a symlink loop
+        os.stat(root)
+    except OSError as e:  # Path.exists() reads ELOOP as "missing": tell them apart
+        if e.errno == errno.ELOOP:
+            raise BundleError(f"{root}: symlink loop (its links lead back to themselves), not a bundle folder") from None
+        if e.errno == errno.ENOENT and root.is_symlink():
+            raise BundleError(f"{root}: symbolic link to {os.readlink(root)}, which does not exist") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise BundleError(f"{root}: no such bundle folder") from None
         raise BundleError(f"{root}: cannot open ({e.strerror or e})") from None
     if not root.is_dir():
         raise BundleError(f"{root}: not a folder (a bundle is a folder with {MANIFEST_NAME})")

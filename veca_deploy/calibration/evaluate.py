@@ -338,12 +338,18 @@ def _reference_top1(manifest: Manifest, results: dict, art: Artifact, c: int) ->
 def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray = DEFAULT_DATA,
              limit: int | None = None, backends: Sequence[str] | None = None, *, allow_drop: float | None = None,
              json_out: str | os.PathLike | None = None, write: bool = True, gate_results: bool = True,
-             progress: Callable[..., None] | None = None) -> dict[str, Any]:
+             progress: Callable[..., None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Measure every artifact of a bundle (top-1 or feature cosine per tier x precision x backend).
 
     Writes each ``artifact.accuracy`` into the manifest atomically (``write``), saves the JSON
     report (``json_out``) and raises :class:`QuantizationError` listing FP16/INT8 artifacts more
     than 1.0 point (or ``allow_drop``) below FP32, after recording the numbers.
+
+    A record measured on more images than this run (e.g. 2,000 before, ``limit=200`` now) is
+    kept, so the selector never compares accuracies of different sample sizes because one
+    backend was re-evaluated on a subset; the report's ``kept`` lists those artifacts with both
+    sample sizes (this run's numbers are still in the report). ``overwrite=True`` records this
+    run's numbers anyway.
     """
     from ..bundle.io import write_manifest
     from ..bundle.reader import Bundle
@@ -366,15 +372,21 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     refs = [a for a in references(bundle.manifest, arts) if backend_available(FORMAT_BACKEND[a.format])]
     results = measure_accuracy(bundle.root, refs + arts, ev, pre, bundle.manifest, progress)
     failures = gate(bundle.manifest, results, allow_drop)
+    kept: list[dict[str, Any]] = []
     if write:
         for a in bundle.manifest.artifacts:
+            if a.id in results and not overwrite and _samples(a.accuracy) > _samples(results[a.id]):
+                kept.append({"artifact": a.id, "recorded_samples": _samples(a.accuracy),
+                             "run_samples": _samples(results[a.id])})
+                continue
             if a.id in results:
                 a.accuracy = {**results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
                                                   and a.precision != "fp32" else {})}
         if allow_drop is not None:
             bundle.manifest.calibration = {**bundle.manifest.calibration, "allow_drop": allow_drop}
-        write_manifest(bundle.root, bundle.manifest)
-    report = {"bundle": str(bundle.root), "dataset": ev.name, "samples": ev.samples, "skipped": skipped,
+        if len(kept) < len(results) or allow_drop is not None:  # nothing new: the manifest (and its signature) stay
+            write_manifest(bundle.root, bundle.manifest)
+    report = {"bundle": str(bundle.root), "dataset": ev.name, "samples": ev.samples, "skipped": skipped, "kept": kept,
               "gate": {"max_drop_points": MAX_DROP_POINTS if allow_drop is None else allow_drop,
                        "min_feature_cosine": MIN_FEATURE_COSINE, "failures": failures},
               "results": [{"artifact": aid, "format": _art(bundle.manifest, aid).format,
@@ -391,6 +403,12 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
                                 + (f" (+{len(failures) - 6} more)" if len(failures) > 6 else "")
                                 + " (numbers recorded; --allow-drop X accepts a larger drop)")
     return report
+
+
+def _samples(rec: dict[str, Any] | None) -> int:
+    """Images behind an accuracy record (0: none, a reference placeholder, or unknown)."""
+    n = (rec or {}).get("samples")
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
 
 
 def _art(manifest: Manifest, aid: str) -> Artifact:

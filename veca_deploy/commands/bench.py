@@ -21,7 +21,7 @@ from rich.table import Table
 
 from ..errors import BundleError, UsageError
 from ..formats import PRECISIONS
-from .common import console, out, parse_int_list, parse_list, progress_reporter
+from .common import console, format_top1, out, parse_int_list, parse_list, progress_reporter
 
 
 SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
@@ -44,9 +44,16 @@ def _f(v: float | None, nd: int = 2) -> str:
               help="Write a latency-vs-accuracy PNG here (outside the bundle).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the profile to this file (outside the bundle) instead of DIR/profiles/.")
+@click.option("--input-size", default=None,
+              help="HxW (or N) of the images the application feeds (e.g. 1080x1920): also time the bundle's "
+                   "preprocessing of that size to each tier size and store it in the profile (select --input-size).")
+@click.option("--concurrency", default=None,
+              help="Also measure images/s and latency with N requests in flight, e.g. 1,2,4 (saved in the "
+                   "profile entry under 'concurrency'; select --streams --fps reads it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measured entries as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(bundle, backend, tiers, precisions, count, duration, warmup, threads, plot, out_file, as_json, quiet):
+def command(bundle, backend, tiers, precisions, count, duration, warmup, threads, plot, out_file, input_size, as_json,
+            quiet, concurrency=None):
     """Benchmark BUNDLE on this device and save DIR/profiles/<device>.json (the cache when
     BUNDLE is read-only, FILE with --out)."""
     from ..bundle.reader import Bundle
@@ -66,12 +73,17 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     b = Bundle.open(bundle)
     if plot and _inside(Path(plot), b.root):
         raise UsageError(f"--plot {plot} is inside the bundle; bench writes only profiles/ there")
+    if plot and not Path(plot).parent.is_dir():  # refused before measuring, and never created
+        raise UsageError(f"--plot {plot}: folder {Path(plot).parent} does not exist")
     if out_file and _inside(Path(out_file), b.root):
         raise UsageError(f"--out {out_file} is inside the bundle; bench writes only profiles/ there")
     if out_file and Path(out_file).is_dir():
         raise UsageError(f"--out {out_file} is a folder; give a file name")
     tier_list = parse_int_list(tiers, "--tiers")
     prec_list = parse_list(precisions)
+    from ..selector.workload import measure_concurrency, parse_levels
+
+    levels = parse_levels(concurrency, "--concurrency")
     for p in prec_list or []:
         if p not in PRECISIONS:
             raise UsageError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
@@ -82,10 +94,23 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
                          + (f", tiers {tier_list}" if tier_list else "") + (f", precisions {prec_list}" if prec_list else ""))
     if count is None and duration is None:
         count = 100
+    from ..selector.preprocess_cost import cost_key, parse_input_size, preprocess_costs
+
+    input_size = parse_input_size(input_size)
     prof = load_profile(b)
     with progress_reporter(not quiet and not as_json) as rep:
         prof = measure_candidates(b, cands, count=count, duration_s=duration, warmup=warmup, threads=threads,
                                   profile=prof, progress=rep)
+        if levels:
+            prof = measure_concurrency(b, cands, levels, count=count, duration_s=duration, warmup=warmup,
+                                       threads=threads, profile=prof, progress=rep)
+    pre_rows = []
+    if input_size is not None:
+        sizes = sorted({(c.artifact.height, c.artifact.width) for c in cands})
+        for key in [cost_key(input_size, sz, b.preprocess) for sz in sizes]:
+            prof.preprocess.pop(key, None)  # bench re-measures, like the candidates
+        preprocess_costs(b.preprocess, prof, input_size, sizes, 95)
+        pre_rows = [prof.preprocess[cost_key(input_size, sz, b.preprocess)] for sz in sizes]
     if out_file:
         path = write_profile(out_file, prof)
     else:
@@ -96,9 +121,15 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     rows = [(c, prof.entries.get(c.key)) for c in cands]
     if as_json:
         click.echo(json.dumps({"device": prof.device, "profile": str(path), "fingerprint": prof.fingerprint,
-                               "entries": [e for _, e in rows if e]}, indent=1))
+                               "entries": [e for _, e in rows if e],
+                               **({"preprocess": pre_rows} if pre_rows else {})}, indent=1))
     else:
         _table(prof, rows, path)
+        if levels:
+            from .throughput import concurrency_table
+
+            concurrency_table(rows, levels)
+        _pre_table(pre_rows)
     if plot:
         _plot(rows, Path(plot), prof.device)
         console.print(f"plot: {plot}")
@@ -109,6 +140,21 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     if failed:
         raise BundleError(f"{len(failed)} of {len(measured)} measurement(s) failed, first: {failed[0][0].key}: "
                           f"{failed[0][1]['error']}")
+
+
+def _pre_table(pre_rows) -> None:
+    """Preprocessing cost per tier size (bench --input-size): what a call pays before inference."""
+    if not pre_rows:
+        return
+    from ..runtimes.timing import percentile_of
+
+    t = Table("input", "to", "method", "p50 ms", "p95 ms", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for r in pre_rows:
+        t.add_row("x".join(map(str, r["input_size"])), "x".join(map(str, r["size"])), r["method"],
+                  _f(percentile_of(r["samples_ms"], 50)), _f(percentile_of(r["samples_ms"], 95)))
+    out.print(t)
+    out.print("preprocessing per image (the bundle's declared resize + normalisation, batch 1): "
+              "select/Runtime.open with the same input size budget on preprocessing + inference")
 
 
 def _inside(p: Path, root: Path) -> bool:
@@ -140,7 +186,7 @@ def _table(prof, rows, path) -> None:
         pct = tm["percentiles_ms"]
         t.add_row(label, str(c.cores), size, _f(tm.get("load_ms"), 0), _f(tm.get("first_ms"), 1),
                   _f(pct["50"]), _f(pct["90"]), _f(pct["99"]), _f(tm["mean_ms"]), _f(tm["throughput_ips"], 0),
-                  _f(tm.get("rss_mb"), 0), _f(c.accuracy, 3) if c.accuracy is not None else "-")
+                  _f(tm.get("rss_mb"), 0), format_top1(c.accuracy, c.samples))
     out.print(t)
     out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph; load = load + compile; 1st = first inference; RSS = process MiB after the run)")
 
@@ -180,6 +226,5 @@ def _plot(rows, path: Path, device: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

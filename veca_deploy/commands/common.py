@@ -10,13 +10,70 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..errors import UsageError
 
-console = Console(stderr=True)
-out = Console()
+#: columns a console lays out at when its stream is not a terminal (a file, a pipe, captured
+#: output): wide enough that no table cell (an artifact id) is ever cut; ``COLUMNS`` still wins
+PIPE_WIDTH = 1000
+
+
+class _Console(Console):
+    """rich's console, except that off a terminal it does not assume 80 columns (or the width of
+    a terminal on another stream, as when only stdout is piped): tables written to a file keep
+    every id whole, so rows never look identical."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = Console.size.fget(self)
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(PIPE_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size) -> None:
+        Console.size.fset(self, new_size)
+
+
+console = _Console(stderr=True)
+out = _Console()
+
+
+def format_top1(value: float | None, samples: int | None = None) -> str:
+    """Top-1 printed one way by every command: ``88.65 % (n=2000)``. ``value`` is a fraction
+    (0.8865, what ``eval`` records) or a percentage (88.65, what model cards record); ``samples``
+    the images it rests on (omitted when unknown). ``-`` when there is no value."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return "-"
+    pct = float(value) * 100.0 if value <= 1.0 else float(value)
+    return f"{pct:.2f} %" + (f" (n={samples})" if isinstance(samples, int) and samples > 0 else "")
+
+
+def format_accuracy(record: dict | None) -> str:
+    """An artifact's ``accuracy`` record from the manifest: top-1 as :func:`format_top1` (per tier
+    for elastic graphs: ``c8 85.10 %, c16 87.40 % (n=2000)``), feature cosine as ``cos 0.99990``."""
+    rec = record or {}
+    n = rec.get("samples") if isinstance(rec.get("samples"), int) else None
+    cosine = rec.get("metric") == "cosine" or "cosine" in rec
+    if rec.get("reference"):
+        return "reference"
+
+    def one(v) -> str:
+        v = v.get("cosine" if cosine else "top1") if isinstance(v, dict) else v
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return "-"
+        return f"cos {v:.5f}" if cosine else format_top1(v)
+
+    per_tier = rec.get("per_tier")
+    if isinstance(per_tier, dict) and per_tier:
+        text = ", ".join(f"c{c} {one(v)}" for c, v in per_tier.items())
+    elif "cosine" in rec or "top1" in rec:
+        text = one(rec.get("cosine" if cosine else "top1"))
+    else:
+        return "-"
+    return text + (f" (n={n})" if n else "")
 
 
 def int8_scheme_option(f):

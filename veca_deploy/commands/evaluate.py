@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import out, parse_list, progress_reporter
+from .common import console, format_top1, out, parse_list, progress_reporter
 
 
 @click.command("eval")
@@ -12,13 +12,24 @@ from .common import out, parse_list, progress_reporter
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist (TEST split), a labelled .npz (images, labels), or unlabelled images (cosine).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
-@click.option("--limit", type=int, default=None, help="Use only the first N images (default: all).")
+@click.option("--limit", type=int, default=None,
+              help="Use only the first N images (default: all). A manifest record measured on more images "
+                   "is kept, not replaced (see --overwrite).")
 @click.option("--backend", "backends", default=None, help="Only these backends, comma-separated.")
 @click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
 @click.option("--no-write", is_flag=True, help="Do not record the accuracy in the manifest.")
+@click.option("--overwrite", is_flag=True,
+              help="Record this run's numbers even where the manifest holds a measurement on more images.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, quiet) -> None:
-    """Measure every artifact of BUNDLE_DIR on held-out data; fail if FP16/INT8 falls > 1 point below FP32."""
+def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, overwrite, quiet) -> None:
+    """Measure every artifact of BUNDLE_DIR on held-out data; fail if FP16/INT8 falls > 1 point below FP32.
+
+    The numbers are recorded in the manifest, where select compares them. An artifact whose
+    record there rests on more images than this run (an earlier full eval, now --limit 200) keeps
+    that record, so select never compares a 200-image accuracy of one backend with 2,000-image
+    ones of the others; the command says which records it kept, and --json FILE still gets this
+    run's numbers. --overwrite records them anyway.
+    """
     from rich.table import Table
 
     from ..calibration.evaluate import evaluate
@@ -26,7 +37,15 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, q
 
     with progress_reporter(not quiet) as rep:
         report = evaluate(bundle_dir, data=data, limit=limit, backends=parse_list(backends), allow_drop=allow_drop,
-                          json_out=json_out, write=not no_write, gate_results=False, progress=rep)
+                          json_out=json_out, write=not no_write, gate_results=False, progress=rep,
+                          overwrite=overwrite)
+    kept = report.get("kept") or []
+    if kept:
+        sizes = sorted({k["recorded_samples"] for k in kept})
+        console.print(f"kept the manifest's larger records of {len(kept)} artifact(s) (measured on "
+                      f"{'/'.join(map(str, sizes))} images; this run: {report['samples']}): "
+                      + ", ".join(k["artifact"] for k in kept[:4]) + (f" (+{len(kept) - 4} more)" if len(kept) > 4 else "")
+                      + "; --overwrite records this run instead", highlight=False, soft_wrap=True)
     rows: dict[tuple[str, str], dict[str, str]] = {}
     tiers: set[int] = set()
     for r in report["results"]:
@@ -40,13 +59,13 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, q
             rows.setdefault(key, {})[c] = v
             tiers.add(int(c))
     metric = report["results"][0]["metric"] if report["results"] else "top1"
-    t = Table(title=f"{metric} on {report['dataset']} ({report['samples']} images)")
+    t = Table(title=f"{metric} on {report['dataset']} (n={report['samples']})")
     t.add_column("precision")
     t.add_column("backend")
     for c in sorted(tiers):
         t.add_column(f"c={c}", justify="right")
     for (prec, backend), vals in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        fmt = (lambda v: "reference" if v is None else f"{100 * v:.2f}%") if metric == "top1" else \
+        fmt = (lambda v: "reference" if v is None else format_top1(v)) if metric == "top1" else \
             (lambda v: "reference" if v is None else f"{v:.5f}")
         t.add_row(prec, backend, *[fmt(vals[str(c)]) if str(c) in vals else "-" for c in sorted(tiers)])
     out.print(t)

@@ -19,18 +19,29 @@ from .common import (console, int8_scheme_option, parse_int_list, parse_list, pa
 @int8_scheme_option
 @target_option
 @click.option("--allow-drop", type=float, default=None, help="Accept an accuracy drop up to X points.")
+@click.option("--resize-mode", type=click.Choice(["stretch", "shorter"]), default="stretch", show_default=True,
+              help="How the runtime fits a photo to a tier: stretch to its size, or resize the shorter side to "
+                   "size / --crop-pct and centre-crop (timm's eval transform). Declare what training used.")
+@click.option("--crop-pct", type=float, default=1.0, show_default=True, help="With --resize-mode shorter.")
+@click.option("--no-antialias", is_flag=True,
+              help="Declare plain bilinear without antialiasing (default: antialiased, as PIL/torchvision train).")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--simplifier", type=click.Choice(["onnxslim", "onnxsim", "none"]), default="onnxslim", show_default=True)
 @click.option("--elastic", is_flag=True, help="Also write one elastic ONNX serving every tier.")
 @click.option("--random-weights", is_flag=True, help="Export a registry model with random weights (latency work).")
+@click.option("--config", "config", default=None, metavar="NAME_OR_JSON",
+              help="Model config of a checkpoint that carries none (a bare state_dict, safetensors without "
+                   "config.json): a registry name (veca_small, ...) or a JSON file of config fields. A "
+                   "checkpoint's own config wins.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--allow-small-calib", is_flag=True, help="Accept fewer than 300 calibration images (recorded).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, target, allow_drop, batch, opset, exporter,
-            simplifier, elastic, random_weights, out, allow_small_calib, force, quiet):
+def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, target, allow_drop, resize_mode, crop_pct,
+            no_antialias, batch, opset, exporter,
+            simplifier, elastic, random_weights, config, out, allow_small_calib, force, quiet):
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
     from ..errors import UsageError
@@ -53,7 +64,12 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             formats=parse_list(formats) or ["onnx"], precisions=parse_list(precisions) or ["fp32"],
             batch=batch, opset=opset, exporter=exporter, simplifier=simplifier, elastic=elastic,
             force=force, random_weights=random_weights, calib=calib, calib_options=calib_options,
-            progress=report)
+            progress=report, preprocess={"resize_mode": resize_mode, "crop_pct": crop_pct,
+                                         "antialias": not no_antialias},
+            config=config)
+    if config is not None and (manifest.model or {}).get("config_from") == "checkpoint":
+        console.print(f"note: {source} carries its own model config; --config {config} was not used",
+                      highlight=False, soft_wrap=True)
     n = len(manifest.artifacts)
     console.print(f"[green]wrote[/green] {out}: {n} artifacts, {len(manifest.tiers())} tiers, all parity gates passed")
     if "int8" in (parse_list(precisions) or []):

@@ -10,13 +10,11 @@ from rich import box
 from rich.table import Table
 
 from ..errors import UsageError
-from .common import console, out
+from .common import console, format_top1, out
 
 
 def _pct(acc, n) -> str:
-    if acc is None:
-        return "-"
-    return f"{100 * acc:.2f}%" + (f" (n={n})" if n else "")
+    return format_top1(acc, n)
 
 
 @click.command("fleet")

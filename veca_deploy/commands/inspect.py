@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from .common import out
+from .common import format_accuracy, out
 
 
 def _fmt_parity(a) -> str:
@@ -20,10 +20,6 @@ def _fmt_parity(a) -> str:
     if a.precision == "fp32":
         return f"rel {max(o['rel'] for o in outs):.1e}"
     return f"cos {min(o['cosine'] for o in outs):.4f}"
-
-
-def _pct(v: float) -> str:
-    return f"{v * 100 if v <= 1.0 else v:.2f}"
 
 
 @click.command("inspect")
@@ -42,12 +38,9 @@ def command(bundle, as_json):
     out.print(f"[bold]{model.get('name')}[/bold] from {model.get('source')}"
               f"{'  [yellow](random weights)[/yellow]' if model.get('random_weights') else ''}"
               f"  params {model.get('parameters', 0):,}  outputs {', '.join(model.get('outputs', []))}")
-    t = Table("id", "cores", "batch", "MB", "GFLOPs", "parity", "top-1 %")
+    t = Table("id", "cores", "batch", "MB", "GFLOPs", "parity", "top-1")
     for a in sorted(m.artifacts, key=lambda a: (a.height * a.width, a.elastic, a.cores, a.format, a.precision)):
-        acc = a.accuracy or {}
-        per_tier = acc.get("per_tier") or {}
-        top1 = _pct(acc["top1"]) if "top1" in acc else (
-            " ".join(_pct(v["top1"] if isinstance(v, dict) else v) for v in per_tier.values()) or "-")
+        top1 = format_accuracy(a.accuracy)
         cores = ",".join(map(str, a.tiers)) if a.elastic else str(a.cores)
         t.add_row(a.id, cores, str(a.batch),
                   f"{(a.bytes + sum(f.bytes for f in a.files)) / 1e6:.2f}", f"{a.flops / 1e9:.3f}",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import int8_scheme_option, out, parse_int_list, parse_list, print_int8_choice, progress_reporter, target_option
+from .common import (format_accuracy, int8_scheme_option, out, parse_int_list, parse_list, print_int8_choice,
+                     progress_reporter, target_option)
 
 
 @click.command("quantize")
@@ -45,11 +46,10 @@ def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, tar
     for a in m.artifacts:
         if a.precision == "fp32" or a.format == "tensorrt":
             continue
-        acc = a.accuracy or {}
-        val = acc.get("per_tier") or acc.get("top1", acc.get("cosine", ""))
+        val = format_accuracy(a.accuracy)
         par = a.parity if not a.elastic else next(iter(a.parity.values()), {})
         cos = min((o["cosine"] for o in par.get("outputs", {}).values()), default=float("nan"))
-        t.add_row(a.id, a.path, f"{a.bytes / 2**20:.2f}", str(val), f"{cos:.4f}")
+        t.add_row(a.id, a.path, f"{a.bytes / 2**20:.2f}", val, f"{cos:.4f}")
     out.print(t)
     cal = m.calibration
     out.print(f"calibration: {cal.get('source')} ({cal.get('count')} images, seed {cal.get('seed')})"

@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 
 from ..errors import UsageError
-from .common import console, out, parse_int_list, parse_list, progress_reporter
+from .common import console, format_top1, out, parse_int_list, parse_list, progress_reporter
 
 
 def _budget(ctx, param, value):
@@ -63,9 +63,18 @@ def _saved_profile(b):
 @click.option("--no-measure", is_flag=True, help="Fail instead of profiling when the profile is missing.")
 @click.option("--profile", "profile_file", type=click.Path(), default=None,
               help="Decide offline for the device that measured this profile (bench --out FILE there); nothing runs here.")
+@click.option("--input-size", default=None,
+              help="HxW (or N) of the images the application feeds (e.g. 1080x1920): the budget then covers "
+                   "preprocessing them to each tier's size plus inference, both measured on this device.")
+@click.option("--streams", type=int, default=None,
+              help="Workload: this many camera streams at --fps each; picks the candidate and the number of "
+                   "requests in flight whose measured images/s carries streams x fps within --budget-ms.")
+@click.option("--fps", type=float, default=None, help="Workload: frames per second of each stream (with --streams).")
+@click.option("--concurrency", default=None,
+              help="Workload: only these numbers of requests in flight, e.g. 1,2,4 (measured when missing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, count, threads, no_measure, profile_file,
-            as_json):
+            input_size, as_json, streams=None, fps=None, concurrency=None):
     """Pick the most accurate (tier, precision, backend) of BUNDLE that fits --budget-ms here."""
     from ..bundle.reader import Bundle
     from ..selector.select import check_budget, select
@@ -76,19 +85,31 @@ def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, c
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     b = Bundle.open(bundle)
+    if streams is not None or fps is not None or concurrency is not None:
+        from .throughput import run_workload
+
+        return run_workload(b, streams, fps, budget_ms, percentile=percentile, margin=margin, backend=backend,
+                            tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
+                            concurrency=concurrency, count=count, threads=threads, measure=not no_measure,
+                            profile_file=profile_file, input_size=input_size, as_json=as_json,
+                            progress=_LazyProgress, saved_profile=_saved_profile)
     if profile_file is not None:
         from ..fleet.profiles import device_classes
         from ..fleet.view import offline_selection
 
         (dev,) = device_classes(b, [profile_file], threads)
         sel = offline_selection(b, dev, budget_ms, percentile=percentile, margin=margin, backend=backend,
-                                tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions))
+                                tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
+                                input_size=input_size)
+        from ..selector.select import verify_chosen
+
+        verify_chosen(b, sel.chosen)  # the copy here is what pack ships to that device
     else:
         with contextlib.ExitStack() as stack:
             rep = _LazyProgress(stack, enabled=not as_json)
             sel = select(b, budget_ms, percentile=percentile, backend=backend, margin=margin,
                          tiers=parse_int_list(tiers, "--tiers"), precisions=parse_list(precisions),
-                         measure=not no_measure, count=count, threads=threads, progress=rep)
+                         measure=not no_measure, count=count, threads=threads, progress=rep, input_size=input_size)
     saved = _saved_profile(b) if sel.profiled else None
     if saved is not None and saved.parent != b.root / "profiles":
         console.print(f"{b.root} is read-only here: profile saved to {saved} "
@@ -100,20 +121,26 @@ def command(bundle, budget_ms, percentile, backend, margin, tiers, precisions, c
         console.print(f"profiled this device ({sel.device}) and saved it in {saved or b.root / 'profiles'}",
                       highlight=False, soft_wrap=True)
     limit = sel.limit_ms
-    t = Table("", "artifact", "C", "size", f"p{sel.percentile:g} ms", "top-1", "fits", box=box.SIMPLE_HEAD,
+    parts = sel.input_size is not None
+    cols = ["", "artifact", "C", "size"] + ([f"pre p{sel.percentile:g}", f"infer p{sel.percentile:g}"] if parts else [])
+    t = Table(*cols, f"p{sel.percentile:g} ms" + (" total" if parts else ""), "top-1", "fits", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
     for m in sel.ranked:
         tier = m.cand.tier
         t.add_row("->" if m is sel.chosen else "", tier.artifact + (f" ({tier.execution})" if tier.execution else ""),
                   str(tier.cores),
-                  f"{tier.height}x{tier.width}", f"{m.latency_ms:.3f}",
-                  "-" if m.cand.accuracy is None else
-                  f"{100 * m.cand.accuracy:.2f}%" + (f" (n={m.cand.samples})" if m.cand.samples else ""),
+                  f"{tier.height}x{tier.width}",
+                  *([f"{m.preprocess_ms:.3f}", f"{m.inference_ms:.3f}"] if parts and m.preprocess_ms is not None
+                    else ["-", "-"] if parts else []),
+                  f"{m.latency_ms:.3f}",
+                  format_top1(m.cand.accuracy, m.cand.samples),
                   "yes" if limit is None or m.latency_ms <= limit else "no")
     out.print(t)
     c = sel.chosen
     out.print(f"selected [bold]{c.cand.tier}[/bold]: p{sel.percentile:g} {c.latency_ms:.3f} ms <= "
-              f"{limit:.3f} ms (budget {budget_ms:g} ms, margin {sel.margin:g}) on {sel.device}")
+              f"{limit:.3f} ms (budget {budget_ms:g} ms, margin {sel.margin:g}) on {sel.device}"
+              + (f"; per call: {c.preprocess_ms:.3f} ms preprocessing a {sel.input_size[0]}x{sel.input_size[1]} "
+                 f"image + {c.inference_ms:.3f} ms inference" if parts and c.preprocess_ms is not None else ""))
     d = sel.decision or {}
     if d.get("reason"):
         ties = [k for k in d.get("tied", []) if k != c.cand.key]

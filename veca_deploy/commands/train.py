@@ -6,12 +6,13 @@ import json
 
 import click
 
+from ..model.registry import DEFAULT_EPOCHS, DEFAULT_MODEL
 from .common import console, progress_reporter
 
 
 @click.command("train")
-@click.option("--model", default="veca_tiny", show_default=True, help="Registry name.")
-@click.option("--epochs", type=int, default=None, help="Default: the reference recipe (4).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Registry name.")
+@click.option("--epochs", type=int, default=None, help=f"Default: the reference recipe ({DEFAULT_EPOCHS}).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)

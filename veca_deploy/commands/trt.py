@@ -75,12 +75,15 @@ def _min_cosine(a) -> str:
 
 @click.command("check-trt")
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
-@click.option("--trt-version", default=None, help="TensorRT release to check against (default 10.3, JetPack 6.1/6.2).")
+@click.option("--trt-version", default=None,
+              help="TensorRT release to check against, MAJOR.MINOR[.PATCH] with major 10 or 11 "
+                   "(default 10.3, JetPack 6.1/6.2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def check_trt(bundle_dir: str, trt_version: str | None, as_json: bool) -> None:
     """Check that every ONNX graph of a bundle would build with TensorRT (no TensorRT needed)."""
-    from ..convert.trt_check import DEFAULT_TRT_VERSION, check_bundle_for_tensorrt
+    from ..convert.trt_check import DEFAULT_TRT_VERSION, check_bundle_for_tensorrt, parse_trt_version
 
+    trt_version = parse_trt_version(trt_version) if trt_version is not None else None  # before the bundle is read
     results = check_bundle_for_tensorrt(bundle_dir, trt_version or DEFAULT_TRT_VERSION)
     if as_json:
         click.echo(json.dumps([{"artifact": aid, **rep.to_dict()} for aid, rep in results], indent=1))

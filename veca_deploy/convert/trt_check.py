@@ -12,15 +12,37 @@ Needs the ``onnx`` package only.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import first_line, BackendUnavailable, BundleError
+from ..errors import first_line, BackendUnavailable, BundleError, UsageError
 from ..runtimes.base import CORE_SELECT, IMAGES
 
 #: Default TensorRT release we check against: what JetPack 6.1 and 6.2 ship.
 DEFAULT_TRT_VERSION = "10.3"
+
+#: TensorRT majors a target version may name: the operator tables below are TensorRT 10's, which
+#: TensorRT 11's parser also imports (build-trt builds for both).
+SUPPORTED_TRT_MAJORS: tuple[int, ...] = (10, 11)
+
+_TRT_VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+
+
+def parse_trt_version(value: str) -> str:
+    """A target TensorRT version as a user gives it (``--trt-version``): ``MAJOR.MINOR[.PATCH]``
+    (a fourth build number, as in ``10.3.0.30``, is accepted) with a major in
+    :data:`SUPPORTED_TRT_MAJORS`. Returns it stripped; anything else is a :class:`UsageError`."""
+    v = str(value).strip()
+    m = _TRT_VERSION_RE.fullmatch(v)
+    known = ", ".join(f"{x}.x" for x in SUPPORTED_TRT_MAJORS)
+    if m is None:
+        raise UsageError(f"--trt-version must look like MAJOR.MINOR[.PATCH] (e.g. {DEFAULT_TRT_VERSION}), "
+                         f"got {value!r}")
+    if int(m.group(1)) not in SUPPORTED_TRT_MAJORS:
+        raise UsageError(f"--trt-version {v}: TensorRT {m.group(1)} is not supported (known: {known})")
+    return v
 
 #: Operators (default ONNX domain) the TensorRT 10.0 ONNX parser imports natively.
 TRT10_OPS: frozenset[str] = frozenset("""

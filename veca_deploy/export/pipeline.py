@@ -18,7 +18,7 @@ from importlib import metadata as _md
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..bundle.io import file_entry, staged_bundle, write_manifest
+from ..bundle.io import check_output_path, file_entry, staged_bundle, write_manifest
 from ..bundle.manifest import Artifact, Manifest, artifact_id
 from ..calibration.quantize import QuantizePlan, add_precisions
 from ..compare.checks import BundleReferences, failures_of, parity_record
@@ -32,7 +32,7 @@ from ..model.flops import forward_flops
 from ..preprocess import Preprocess
 from ..runtimes.base import CORE_SELECT, IMAGES
 from .onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSET, export_onnx, output_names
-from .plan import ExportPlan, check_options
+from .plan import ExportPlan, check_options, check_sizes
 from .reference import torch_reference
 from .source import default_tiers, resolve_source
 
@@ -49,23 +49,35 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+#: what ``export(preprocess=...)`` may set
+PREPROCESS_OPTIONS = {"antialias", "resize_mode", "crop_pct", "color_order"}
+
+
 def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] | None = None,
            image_sizes: Sequence[tuple[int, int]] | None = None, formats: Sequence[str] = EXPORT_FORMATS,
            precisions: Sequence[str] = ("fp32", "fp16"), batch: int | str = "dynamic",
            opset: int | None = None, exporter: str = DEFAULT_EXPORTER, simplifier: str = "onnxslim",
            elastic: bool = False, force: bool = False, random_weights: bool = False,
            calib: str | None = None, calib_options: dict[str, Any] | None = None,
-           progress: Progress | None = None) -> Manifest:
+           progress: Progress | None = None, preprocess: dict[str, Any] | None = None,
+           config: Any = None) -> Manifest:
     """Export a model into a bundle folder ``out`` and return its manifest.
 
     ``force`` replaces an existing ``out``. ``calib_options`` are
     :meth:`~veca_deploy.calibration.quantize.QuantizePlan.from_options` keywords (count, seed,
     method, int8_scheme, allow_small, allow_drop, eval_limit, ...). Every artifact passes its
     parity gate in its own runtime or the export fails with a report and writes nothing.
+    ``preprocess`` sets what the bundle declares training used (``antialias``, default True;
+    ``resize_mode`` "stretch" or "shorter"; ``crop_pct``); mean/std come from the model.
+    ``config`` (a registry name, a JSON file of config fields, a dict or a ``VecaConfig``) is the
+    model config of a checkpoint that carries none (a bare ``state_dict``); ignored otherwise.
     """
     opset = DEFAULT_OPSET if opset is None else opset
     formats, precisions = check_options(formats, precisions, batch, opset, exporter, simplifier, calib)
-    model, info = resolve_source(source, random_weights)
+    if image_sizes:
+        check_sizes(image_sizes)  # bounds first: nothing is loaded for an impossible size
+    check_output_path(out)  # a symlink as --out: refused before any work
+    model, info = resolve_source(source, random_weights, config)
     cfg = model.cfg
     if cfg.attention == "full":
         tiers = [1]
@@ -76,9 +88,7 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
         for c in tiers:
             cfg.check_cores(c)
     sizes = [tuple(s) for s in (image_sizes or [cfg.default_image_size])]
-    for h, w in sizes:
-        if h % cfg.patch_size or w % cfg.patch_size or h <= 0 or w <= 0:
-            raise UsageError(f"image size {h}x{w} is not a positive multiple of the patch size {cfg.patch_size}")
+    check_sizes(sizes, cfg.patch_size)
     extra = [p for p in precisions if p != "fp32"]
     qplan = None
     if "int8" in extra or ("fp16" in extra and "onnx" in formats):
@@ -88,9 +98,17 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
         if "force" in opts:
             opts["allow_small"] = bool(opts.pop("force")) or bool(opts.get("allow_small"))
         qplan = QuantizePlan.from_options(precisions=extra, formats=formats, calib=calib, **opts)
+    pre_options = dict(preprocess or {})
+    bad = sorted(set(pre_options) - PREPROCESS_OPTIONS)
+    if bad:
+        raise UsageError(f"unknown preprocess option(s) {', '.join(bad)}; known: {', '.join(sorted(PREPROCESS_OPTIONS))}")
+    try:
+        Preprocess(mean=cfg.mean, std=cfg.std, **{"antialias": True, **pre_options})
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
     plan = ExportPlan(formats=tuple(formats), precisions=tuple(precisions), sizes=tuple(sizes), tiers=tuple(tiers),
                       batch=batch, opset=opset, exporter=exporter, simplifier=simplifier, elastic=elastic,
-                      quantize=qplan)
+                      quantize=qplan, preprocess=pre_options)
     return build_bundle(model, info, plan, out, force=force, progress=progress)
 
 
@@ -98,7 +116,7 @@ def build_bundle(model, info: dict[str, Any], plan: ExportPlan, out: str | Path,
                  progress: Progress | None = None) -> Manifest:
     """Run the builders of ``plan`` for ``model`` into a new bundle at ``out``."""
     cfg = model.cfg
-    pre = Preprocess(mean=cfg.mean, std=cfg.std)
+    pre = Preprocess(mean=cfg.mean, std=cfg.std, **{"antialias": True, **plan.preprocess})
     outs = output_names(model)
     report = progress or (lambda *a, **k: None)
     report("preparing", advance=0, total=plan.steps)

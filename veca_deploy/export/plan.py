@@ -17,6 +17,25 @@ from .onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSET
 
 SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
 EXPORTERS = ("torchscript", "dynamo")
+#: largest image side (pixels) a bundle is exported at: beyond it the golden inputs alone take
+#: gigabytes and attention over the patches does not fit an edge device
+MAX_IMAGE_SIDE = 4096
+
+
+def check_sizes(sizes: Sequence[Sequence[int]], patch_size: int | None = None) -> None:
+    """Image sizes (height, width) must be positive, at most :data:`MAX_IMAGE_SIDE` per side and,
+    when ``patch_size`` is known, multiples of it: a :class:`UsageError` before any work."""
+    for size in sizes:
+        try:
+            h, w = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise UsageError(f"image size must be (height, width) integers, got {size!r}") from None
+        if h <= 0 or w <= 0:
+            raise UsageError(f"image size {h}x{w} must be positive")
+        if max(h, w) > MAX_IMAGE_SIDE:
+            raise UsageError(f"image size {h}x{w} is too large: each side must be at most {MAX_IMAGE_SIDE} px")
+        if patch_size and (h % patch_size or w % patch_size):
+            raise UsageError(f"image size {h}x{w} is not a positive multiple of the patch size {patch_size}")
 
 
 @dataclass
@@ -32,6 +51,9 @@ class ExportPlan:
     elastic: bool = False
     quantize: QuantizePlan | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the preprocessing the bundle declares: :class:`~veca_deploy.preprocess.Preprocess` fields
+    #: (antialias, resize_mode, crop_pct, ...) over the model's mean/std and antialiased bilinear
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     @property
     def openvino_precisions(self) -> list[str]:

@@ -123,7 +123,7 @@ def pack(directory: str | os.PathLike, profile: str | os.PathLike, budget_ms: fl
         write_manifest(stage, manifest)
         kept_prof = Profile(device=dev.device, fingerprint=dev.profile.fingerprint,
                             entries={k: e for k, e in dev.profile.entries.items() if e.get("artifact") in kept_ids},
-                            created=dev.profile.created)
+                            created=dev.profile.created, preprocess=dict(dev.profile.preprocess))
         write_profile(profile_path(stage, dev.device), kept_prof)
         signer = None
         if sign_key is not None:

@@ -84,12 +84,16 @@ def merge(profiles: Iterable[Profile]) -> Profile:
     profiles = list(profiles)
     base = max(profiles, key=lambda p: p.updated)
     entries: dict = {}
+    pre: dict = {}
     for p in profiles:
         for key, e in p.entries.items():
             if key not in entries or str(e.get("measured", "")) > str(entries[key].get("measured", "")):
                 entries[key] = e
+        for key, r in p.preprocess.items():  # preprocessing costs of declared input sizes, newest kept
+            if key not in pre or str(r.get("measured", "")) > str(pre[key].get("measured", "")):
+                pre[key] = r
     return Profile(device=base.device, fingerprint=base.fingerprint, entries=entries,
-                   created=min(p.created for p in profiles), updated=base.updated)
+                   created=min(p.created for p in profiles), updated=base.updated, preprocess=pre)
 
 
 def device_classes(bundle: Bundle, paths: Iterable[str | os.PathLike], threads: int | None = None) -> list[DeviceProfiles]:

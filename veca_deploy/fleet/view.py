@@ -34,10 +34,12 @@ class ClassView:
 
 def offline_selection(bundle: Bundle, dev: DeviceProfiles, budget_ms: float | None, *, percentile: float = 95,
                       margin: float = 0.1, backend: Any = "auto", tiers: list[int] | None = None,
-                      precisions: list[str] | None = None) -> Selection:
-    """``select`` for the device behind ``dev``, from its profile; nothing runs here."""
+                      precisions: list[str] | None = None, input_size: Any = None) -> Selection:
+    """``select`` for the device behind ``dev``, from its profile; nothing runs here (with
+    ``input_size``, the profile must hold that device's preprocessing cost: bench --input-size)."""
     return select(bundle, budget_ms, percentile=percentile, margin=margin, backend=backend, tiers=tiers,
-                  precisions=precisions, profile=dev.profile, threads=dev.threads, offline=True)
+                  precisions=precisions, profile=dev.profile, threads=dev.threads, offline=True,
+                  input_size=input_size)
 
 
 def fleet_view(bundle: Bundle, paths: Iterable[str | os.PathLike], budget_ms: float | None = None, *,

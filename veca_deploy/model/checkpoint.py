@@ -56,7 +56,37 @@ def _refusal_reason(e: BaseException) -> str:
     return "unsupported pickle content"
 
 
+#: what a weights file must be, for the "not a checkpoint" message
+CHECKPOINT_KINDS = ("a safetensors file or folder (model.safetensors + config.json), or a torch.save file "
+                    "that loads with torch.load(weights_only=True)")
+#: the hint of every "no model config" error
+CONFIG_HINT = "pass --config NAME_OR_JSON (a registry name such as veca_small, or a JSON file of config fields)"
+
+
+def _sniff(path: Path) -> str:
+    """What the first bytes say the file is: ``torch`` (a zip, torch.save's format since 1.6, or a
+    pickle: protocol 2+ starts with 0x80), ``safetensors`` (a little-endian header length, then a
+    JSON header), ``empty`` or ``other`` (text, images, ...: not weights at all)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < (1 << 32):
+        return "safetensors"
+    return "other"
+
+
 def _load_pickle(path: Path) -> dict[str, Any]:
+    kind = _sniff(path)
+    if kind == "empty":
+        raise CheckpointError(f"{path}: not a checkpoint (the file is empty); expected {CHECKPOINT_KINDS}")
+    if kind != "torch":
+        raise CheckpointError(f"{path}: not a checkpoint; expected {CHECKPOINT_KINDS}")
     try:
         with warnings.catch_warnings():  # torch warns on stderr about pickle protocols: not one line
             warnings.simplefilter("ignore")
@@ -100,39 +130,64 @@ def _short(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_checkpoint(path: str | os.PathLike, **config_overrides: Any):
-    """Load a model from the authors' ``torch.save`` file or from our ``save_pretrained`` folder.
+def _unpack(obj: dict[str, Any], p: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(state_dict, author config or None)`` of a loaded pickle: the authors' ``{"student",
+    "config"}``, a ``{"state_dict" | "model": ...}`` wrapper, or a bare ``state_dict``."""
+    if "student" in obj:
+        state, cfg = obj["student"], obj.get("config")
+    elif isinstance(obj.get("state_dict"), dict) or isinstance(obj.get("model"), dict):
+        state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj["model"]
+        cfg = obj.get("config")
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, cfg = obj, None  # torch.save(model.state_dict()): the weights alone
+    else:
+        raise CheckpointError(f"{p}: expected keys 'student' and 'config' (or a bare state_dict of tensors), "
+                              f"found {_short(sorted(map(str, obj)))}")
+    if not isinstance(state, dict) or (cfg is not None and not isinstance(cfg, dict)):
+        raise CheckpointError(f"{p}: 'student' and 'config' must be dicts")
+    return state, cfg
 
-    Returns the model in eval mode; ``model.source_sha256`` records the weights' hash.
-    Every failure is a :class:`CheckpointError` naming the problem.
+
+def load_checkpoint(path: str | os.PathLike, *, config: VecaConfig | None = None, **config_overrides: Any):
+    """Load a model from the authors' ``torch.save`` file, a bare ``state_dict`` saved with
+    ``torch.save``, or our ``save_pretrained`` folder (or a ``.safetensors`` file).
+
+    ``config`` is the model config to use when the checkpoint carries none (a bare state_dict,
+    safetensors without ``config.json``); a checkpoint's own config always wins, and
+    ``model.config_from`` says which was used (``"checkpoint"`` or ``"given"``). Returns the
+    model in eval mode; ``model.source_sha256`` records the weights' hash. Every failure is a
+    :class:`CheckpointError` naming the problem.
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder")
-    if p.is_dir() or p.suffix == ".safetensors":
+    if p.is_dir() or p.suffix == ".safetensors" or _sniff(p) == "safetensors":
         model, weights = _load_safetensors_dir(p if p.is_dir() else p.parent, p if p.is_file() else None,
-                                               config_overrides)
+                                               config_overrides, config)
     else:
         try:
             with open(p, "rb"):
                 pass
         except OSError as e:
             raise CheckpointError(f"{p}: cannot read ({e.strerror})") from None
-        obj = _load_pickle(p)
-        if "student" not in obj or "config" not in obj:
-            raise CheckpointError(f"{p}: expected keys 'student' and 'config', found {_short(sorted(map(str, obj)))}")
-        if not isinstance(obj["config"], dict) or not isinstance(obj["student"], dict):
-            raise CheckpointError(f"{p}: 'student' and 'config' must be dicts")
-        cfg = VecaConfig.from_author_config(obj["config"])
+        state, author_cfg = _unpack(_load_pickle(p), p)
+        if author_cfg is not None:
+            cfg, config_from = VecaConfig.from_author_config(author_cfg), "checkpoint"
+        elif config is not None:
+            cfg, config_from = VecaConfig.from_dict(config.to_dict()), "given"  # a copy: _build may set num_classes
+        else:
+            raise CheckpointError(f"{p}: the checkpoint has weights but no model config; {CONFIG_HINT}")
         for k, v in config_overrides.items():
             setattr(cfg, k, v)
-        model, weights = _build(cfg, _strip_prefixes(obj["student"]), str(p)), p
+        model, weights = _build(cfg, _strip_prefixes(state), str(p)), p
+        model.config_from = config_from
     model.source_sha256 = sha256_file(weights)
     model.source_path = str(p)
     return model
 
 
-def _load_safetensors_dir(folder: Path, weights: Path | None, overrides: dict[str, Any]):
+def _load_safetensors_dir(folder: Path, weights: Path | None, overrides: dict[str, Any],
+                          config: VecaConfig | None = None):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -141,19 +196,25 @@ def _load_safetensors_dir(folder: Path, weights: Path | None, overrides: dict[st
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} inside")
     if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_FILE} beside the weights")
-    try:
-        cfg_dict = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(cfg_dict, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+        if config is None:
+            raise CheckpointError(f"{folder}: no {CONFIG_FILE} beside the weights; {CONFIG_HINT}")
+        cfg_dict, config_from = config.to_dict(), "given"
+    else:
+        try:
+            cfg_dict = json.loads(cfg_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+        if not isinstance(cfg_dict, dict):
+            raise CheckpointError(f"{cfg_path}: expected a JSON object")
+        config_from = "checkpoint"
     cfg = VecaConfig.from_dict({**cfg_dict, **overrides})
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
-    return _build(cfg, state, str(weights)), weights
+    model = _build(cfg, state, str(weights))
+    model.config_from = config_from
+    return model, weights
 
 
 def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:

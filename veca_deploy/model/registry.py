@@ -28,6 +28,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 DEFAULT_MODEL = "veca_tiny"
+#: epochs of the reference recipe (``TrainConfig.epochs``, ``veca-deploy train --epochs``): one
+#: constant, so the code and every help text agree
+DEFAULT_EPOCHS = 5
 
 
 def list_models() -> list[str]:

@@ -22,15 +22,15 @@ from ..data import FASHION_MNIST_DIR, fashion_mnist
 from ..bundle.io import sha256_file
 from .checkpoint import save_pretrained
 from ..runtimes.fingerprint import cpu_info
-from .registry import model_config
+from .registry import DEFAULT_EPOCHS, DEFAULT_MODEL, model_config
 
 
 @dataclass
 class TrainConfig:
     """The recipe. Defaults reproduce the shipped reference model."""
 
-    model: str = "veca_tiny"
-    epochs: int = 5
+    model: str = DEFAULT_MODEL
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 64
     lr: float = 2e-3
     min_lr: float = 1e-5

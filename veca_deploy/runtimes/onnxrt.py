@@ -18,7 +18,9 @@ class OnnxRuntimeRunner(Runner):
     """Options: ``providers`` (default CPU), ``threads`` (intra-op, default all cores),
     ``graph_optimization`` ("all"), ``profile`` (ORT per-operator profiling file prefix),
     ``allow_spinning`` (False: intra-op workers block instead of spinning after each run, so
-    they do not take the cores from other runtimes in the same process; default: ORT's, spinning)."""
+    they do not take the cores from other runtimes in the same process; default: ORT's, spinning),
+    ``streams`` (K > 1: K runs in parallel on this session, each with ``max(1, threads // K)``
+    intra-op threads, ``threads`` defaulting to the usable cores; see ``runtimes/pool.py``)."""
 
     backend = "onnxruntime"
 
@@ -29,6 +31,10 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from e
         so = ort.SessionOptions()
         threads = self.options.get("threads")
+        if int(self.options.get("streams") or 1) > 1:  # K parallel runs on this session: K x threads <= cores
+            from .pool import stream_threads
+
+            threads = stream_threads(int(self.options["streams"]), threads)
         if threads:
             so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
@@ -81,5 +87,6 @@ class OnnxRuntimeRunner(Runner):
         return {"backend": self.backend, "version": ort.__version__,
                 "providers": self.options.get("providers") or ["CPUExecutionProvider"],
                 "threads": self.options.get("threads") or "default",
+                **({"streams": int(self.options["streams"])} if int(self.options.get("streams") or 1) > 1 else {}),
                 **({"allow_spinning": bool(self.options["allow_spinning"])}
                    if self.options.get("allow_spinning") is not None else {})}

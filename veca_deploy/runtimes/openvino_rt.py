@@ -25,7 +25,8 @@ def _import_openvino():
 
 class OpenVINORunner(Runner):
     """Options: ``device`` ("CPU"), ``hint`` ("LATENCY" | "THROUGHPUT"), ``threads``,
-    ``cache_dir``, ``inference_precision`` ("f32" default, "bf16", "f16")."""
+    ``cache_dir``, ``inference_precision`` ("f32" default, "bf16", "f16"), ``streams`` (K > 1:
+    ``NUM_STREAMS`` K and the THROUGHPUT hint, for K requests in flight; see ``runtimes/pool.py``)."""
 
     backend = "openvino"
 
@@ -33,7 +34,10 @@ class OpenVINORunner(Runner):
         ov = _import_openvino()
         core = ov.Core()
         device = self.options.get("device", "CPU")
-        cfg: dict[str, Any] = {"PERFORMANCE_HINT": self.options.get("hint", "LATENCY")}
+        streams = int(self.options.get("streams") or 1)
+        cfg: dict[str, Any] = {"PERFORMANCE_HINT": self.options.get("hint", "THROUGHPUT" if streams > 1 else "LATENCY")}
+        if streams > 1:  # K requests in flight (runtimes/pool.py): K CPU streams share the threads
+            cfg["NUM_STREAMS"] = streams
         if self.options.get("threads"):
             cfg["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
         prec = self.options.get("inference_precision", "f32")

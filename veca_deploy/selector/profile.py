@@ -53,6 +53,9 @@ class Profile:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
+    #: preprocessing cost on this device: ``preprocess_cost.cost_key`` -> record (input size,
+    #: output size, method, samples); what an application pays per call before inference
+    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def timing(self, cand: Candidate, threads: int | None = None) -> Timing | None:
         """The valid measurement of ``cand``: same artifact bytes, same requested thread count
@@ -73,7 +76,8 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": PROFILE_SCHEMA, "device": self.device, "created": self.created, "updated": self.updated,
-                "fingerprint": self.fingerprint, "entries": self.entries}
+                "fingerprint": self.fingerprint, "entries": self.entries,
+                **({"preprocess": self.preprocess} if self.preprocess else {})}
 
 
 def profile_path(root: str | os.PathLike, device: str | None = None) -> Path:
@@ -113,7 +117,8 @@ def _read_profile(path: Path) -> Profile:
     if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA or not isinstance(d.get("entries"), dict):
         raise BundleError(f"{path}: not a profile this veca-deploy reads; delete it and run veca-deploy bench")
     return Profile(device=str(d.get("device") or path.stem), fingerprint=d.get("fingerprint") or {},
-                   entries=d["entries"], created=str(d.get("created", "")), updated=str(d.get("updated", "")))
+                   entries=d["entries"], created=str(d.get("created", "")), updated=str(d.get("updated", "")),
+                   preprocess=d["preprocess"] if isinstance(d.get("preprocess"), dict) else {})
 
 
 def read_profile(path: str | os.PathLike) -> Profile:
@@ -145,7 +150,8 @@ def load_profile(bundle: Bundle, device: str | None = None) -> Profile | None:
         if key not in entries or _measured(e) > _measured(entries[key]):
             entries[key] = e
     newer = cached if cached.updated > own.updated else own
-    return Profile(device=own.device, fingerprint=newer.fingerprint, entries=entries,
+    pre = {**(own.preprocess if newer is cached else cached.preprocess), **newer.preprocess}
+    return Profile(device=own.device, fingerprint=newer.fingerprint, entries=entries, preprocess=pre,
                    created=min(own.created or cached.created, cached.created or own.created),
                    updated=max(own.updated, cached.updated))
 
@@ -266,6 +272,7 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
                 continue
             for c in group:
                 report(f"{c.key}")
+                old = profile.entries.get(c.key)
                 try:
                     gate = golden_gate(runner, golden, c)
                     if gate is not None and not gate["passed"]:
@@ -275,6 +282,9 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
                                 where=c.key)
                     profile.entries[c.key] = _entry(c, t, None, _describe(runner), threads)
                     profile.entries[c.key]["gate"] = gate
+                    from .workload import carry_concurrency  # its N-in-flight timings stay valid
+
+                    carry_concurrency(profile.entries[c.key], old)
                 except VecaError as e:
                     profile.entries[c.key] = _entry(c, None, " ".join(str(e).split()), _describe(runner), threads)
         finally:

@@ -15,10 +15,12 @@ No torch anywhere on this path.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -28,6 +30,7 @@ from ..bundle.reader import Bundle
 from ..errors import InputError, UsageError
 from ..formats import BACKENDS, format_backend
 from ..runtimes import CORE_SELECT, IMAGES, Runner, core_select, create_runner
+from ..runtimes.pool import InferPool
 from .adaptive import AdaptiveController
 from .candidates import Tier
 from .profile import runner_options
@@ -46,6 +49,15 @@ class Prediction:
     tier: Tier
     latency_ms: float
     class_names: tuple[str, ...] | None = None
+    #: resizing + normalising the raw images (0 for float32 input), measured in this call
+    preprocess_ms: float = 0.0
+    #: ``predict(deadline_ms=)`` given and preprocessing + inference took longer
+    late: bool = False
+
+    @property
+    def total_ms(self) -> float:
+        """What this call cost the application: preprocessing + inference."""
+        return self.preprocess_ms + self.latency_ms
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
@@ -67,6 +79,13 @@ class Prediction:
         if labels is None or not self.class_names:
             return None
         return [self.class_names[i] if i < len(self.class_names) else str(i) for i in labels]
+
+
+def _log_progress(message: str = "", advance: int = 1, total: int | None = None, **_: Any) -> None:
+    """First-run profiling steps on the ``veca_deploy`` logger (an application sees them with
+    ``logging.basicConfig(level=logging.INFO)``)."""
+    if message:
+        logging.getLogger("veca_deploy").info("Runtime.open: %s", message)
 
 
 #: AdaptiveController settings ``adaptive_options`` may set (the rest come from the selection)
@@ -94,7 +113,7 @@ class Runtime:
                  threads: int | None = None, runner_extra: dict[str, Any] | None = None,
                  window: int = 16, headroom: float = 0.7, patience: int = 3,
                  clock: Callable[[], float] = time.perf_counter, latency_hook: LatencyHook | None = None,
-                 adaptive_options: dict[str, Any] | None = None) -> None:
+                 adaptive_options: dict[str, Any] | None = None, streams: int = 1) -> None:
         self.bundle = bundle
         self.selection = selection
         self.adaptive = adaptive
@@ -109,7 +128,9 @@ class Runtime:
         self._run_locks: dict[tuple[str, str | None], threading.Lock | None] = {}
         self._level = 0
         self._closed = False
+        self._deadline_misses = 0
         self.controller: AdaptiveController | None = None
+        self._init_streams(streams)
         if adaptive:
             if selection.budget_ms is None:
                 raise UsageError("adaptive mode needs a budget (budget_ms)")
@@ -133,7 +154,9 @@ class Runtime:
              patience: int = 3, clock: Callable[[], float] = time.perf_counter,
              latency_hook: LatencyHook | None = None, runner_options: dict[str, Any] | None = None,
              adaptive_options: dict[str, Any] | None = None,
-             public_key: Any = None) -> "Runtime":
+             public_key: Any = None, input_size: Any = None, progress: Callable[..., None] | None = None,
+             time_limit_s: float | None = None, streams: int | None = None, streams_needed: int | None = None,
+             fps: float | None = None) -> "Runtime":
         """Open a bundle and select a tier for ``budget_ms`` at ``percentile`` (None: the most
         accurate tier, no profiling). Without a profile for this device the candidates are
         measured first (``count`` runs each) and the profile is saved into the bundle.
@@ -141,13 +164,40 @@ class Runtime:
         ``adaptive_options`` passes the controller's other settings (``warmup``, ``down_patience``,
         ``dwell_s``, ``max_ups_per_minute``, ...; see :class:`AdaptiveController`).
         ``public_key``: trusted ed25519 public key file(s); given (or ``$VECA_PUBLIC_KEY`` set), an
-        unsigned or mis-signed bundle is a BundleError before anything loads."""
+        unsigned or mis-signed bundle is a BundleError before anything loads.
+        ``input_size`` ((height, width) of what the application feeds): the budget covers
+        preprocessing that size plus inference, and adaptive mode watches the total.
+        First-run profiling reports each step to ``progress(message, advance=..., total=...)``
+        (default: the ``veca_deploy`` logger at INFO) and ``time_limit_s`` bounds its timed runs
+        (split over the candidates, at least 5 runs each; loads and compiles come on top).
+        ``streams`` (default 1): requests :meth:`submit` keeps in flight at once (OpenVINO
+        ``NUM_STREAMS``, ONNX Runtime parallel runs). ``streams_needed`` and ``fps`` (both, with
+        ``budget_ms``): pick the most accurate candidate and concurrency that carries
+        ``streams_needed * fps`` images/s within the budget (:func:`~veca_deploy.selector.workload.select_workload`;
+        ``streams`` then fixes the concurrency), measuring what the profile lacks."""
         bundle = Bundle.open(directory, public_key=public_key)
-        sel = select(bundle, budget_ms, percentile=percentile, backend=backend, margin=margin, tiers=tiers,
-                     precisions=precisions, measure=measure, count=count, warmup=warmup, threads=threads)
-        return cls(bundle, sel, adaptive=adaptive, threads=threads, runner_extra=runner_options, window=window,
-                   headroom=headroom, patience=patience, clock=clock, latency_hook=latency_hook,
-                   adaptive_options=adaptive_options)
+        workload = None
+        if streams_needed is not None or fps is not None:
+            from .workload import select_workload
+
+            if streams_needed is None or fps is None:
+                raise UsageError("a workload needs both streams_needed and fps")
+            if input_size is not None or time_limit_s is not None:
+                raise UsageError("input_size and time_limit_s are not supported with a workload (streams_needed, fps) yet")
+            workload = select_workload(bundle, streams_needed, fps, budget_ms, percentile=percentile, backend=backend,
+                                       margin=margin, tiers=tiers, precisions=precisions,
+                                       levels=None if streams is None else [streams], measure=measure, count=count,
+                                       warmup=warmup, threads=threads, progress=progress or _log_progress)
+            sel, streams = workload.selection(), workload.streams
+        else:
+            sel = select(bundle, budget_ms, percentile=percentile, backend=backend, margin=margin, tiers=tiers,
+                         precisions=precisions, measure=measure, count=count, warmup=warmup, threads=threads,
+                         input_size=input_size, progress=progress or _log_progress, time_limit_s=time_limit_s)
+        rt = cls(bundle, sel, adaptive=adaptive, threads=threads, runner_extra=runner_options, window=window,
+                 headroom=headroom, patience=patience, clock=clock, latency_hook=latency_hook,
+                 adaptive_options=adaptive_options, streams=1 if streams is None else streams)
+        rt.workload = workload
+        return rt
 
     # ------------------------------------------------------------------ state
     @property
@@ -167,18 +217,26 @@ class Runtime:
         return list(self.controller.history) if self.controller else []
 
     # ------------------------------------------------------------------ inference
-    def predict(self, images: Any) -> Prediction:
+    def predict(self, images: Any, *, deadline_ms: float | None = None) -> Prediction:
         """Run ``images``: one raw uint8 image (HxW, HxWx1, HxWx3; any size), a list or uint8
         batch of them, or an already-normalized float32 NCHW batch of the tier's exact size.
-        Bad input raises :class:`InputError` before anything runs."""
+        Bad input raises :class:`InputError` before anything runs. ``deadline_ms``: a call whose
+        preprocessing + inference overruns it comes back with ``late=True``, is counted in
+        :attr:`deadline_misses`, and (adaptive mode) is observed at no less than the deadline, so
+        overruns push the controller down. The CPU backends' calls are not cancelled mid-way."""
         if self._closed:
             raise UsageError("this Runtime is closed")
+        if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float))
+                                        or not math.isfinite(deadline_ms) or deadline_ms <= 0):
+            raise UsageError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms!r}")
         with self._lock:
             level = self._level
             rung = self._rungs[level]
         art = rung.cand.artifact
         runner = self._runner(rung.cand)
+        t_pre = self._clock()
         x = self._prepare(images, rung.cand.tier)
+        pre_ms = (self._clock() - t_pre) * 1e3
         n = x.shape[0]
         fixed = art.batch if isinstance(art.batch, int) else None
         # a fixed-batch graph gets exactly its batch per call (the last one padded); a dynamic one
@@ -208,13 +266,26 @@ class Runtime:
         outputs = outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
         latency = elapsed * 1e3
         tier = rung.cand.tier
+        late = deadline_ms is not None and pre_ms + latency > deadline_ms
+        if late:
+            with self._lock:
+                self._deadline_misses += 1
         if self.controller is not None:
-            # per model call at batch 1, what the profile measured (a batch approximates it per image)
-            observed = latency / len(chunks) if fixed is not None else latency / n
+            # per model call at batch 1, what the profile measured (a batch approximates it per image);
+            # with a declared input size the ladder was budgeted on preprocessing + inference
+            per = len(chunks) if fixed is not None else n
+            observed = (latency + (pre_ms if self.selection.input_size else 0.0)) / per
             if self._hook is not None:
                 observed = float(self._hook(observed, tier))
+            if late:
+                observed = max(observed, float(deadline_ms) / per)
             self._observe(observed, level)
-        return Prediction(outputs, tier, latency, self._class_names)
+        return Prediction(outputs, tier, latency, self._class_names, preprocess_ms=pre_ms, late=late)
+
+    @property
+    def deadline_misses(self) -> int:
+        """Calls that overran their ``deadline_ms`` since open."""
+        return self._deadline_misses
 
     __call__ = predict
 
@@ -284,9 +355,176 @@ class Runtime:
                 if 0 <= lv < len(self._rungs):
                     self._make(self._rungs[lv].cand)
 
+    # ------------------------------------------------------------------ asynchronous (issue 19)
+    def _init_streams(self, streams: int) -> None:
+        """``streams`` requests in flight: every runner of this Runtime is compiled for them."""
+        from ..runtimes.pool import check_streams
+
+        self._streams = check_streams(streams)
+        self._pools: dict[tuple[str, str | None], InferPool] = {}
+        self.workload = None  # the WorkloadSelection behind this Runtime (open with streams_needed/fps)
+        for m in self._rungs:
+            check_streams(self._streams, m.cand.backend)  # TensorRT: one stream for now
+        if self._streams > 1:
+            self._runner_extra = {**self._runner_extra, "streams": self._streams}
+
+    @property
+    def streams(self) -> int:
+        """Requests :meth:`submit` runs at once."""
+        return self._streams
+
+    def submit(self, images: Any) -> "Future[Prediction]":
+        """Queue ``images`` (anything :meth:`predict` takes) and return at once a
+        :class:`~concurrent.futures.Future` of the same :class:`Prediction` ``predict`` returns.
+        Up to ``streams`` requests run at once (OpenVINO ``AsyncInferQueue``, ONNX Runtime
+        parallel runs); the rest wait in order. Input checks and preprocessing run here, in the
+        caller's thread (bad input raises :class:`InputError` here, before anything is queued); the
+        tier is taken at this call, so a request never sees an adaptive switch half-way.
+        Thread-safe. Cancelling the future before it runs drops the work."""
+        if self._closed:
+            raise UsageError("this Runtime is closed")
+        with self._lock:
+            level = self._level
+            rung = self._rungs[level]
+        t_pre = self._clock()
+        x = self._prepare(images, rung.cand.tier)
+        pre_ms = (self._clock() - t_pre) * 1e3
+        if isinstance(images, np.ndarray) and np.may_share_memory(x, images):
+            x = x.copy()  # the caller may reuse its buffer before the request runs
+        pool = self._pool(rung.cand)
+        feeds, reals, fixed = self._feeds(rung, x)
+        outer: Future = Future()
+        parts: list[Future] = []
+        try:
+            for feed in feeds:
+                parts.append(pool.submit(feed))
+        except UsageError:
+            for p in parts:
+                p.cancel()
+            raise UsageError("this Runtime is closed") from None
+        left = [len(parts)]
+        guard = threading.Lock()
+
+        def part_done(_f: Future) -> None:
+            with guard:
+                left[0] -= 1
+                if left[0]:
+                    return
+            self._complete(outer, parts, reals, fixed, x.shape[0], rung, level, pre_ms)
+
+        outer.add_done_callback(lambda f: [p.cancel() for p in parts] if f.cancelled() else None)
+        for p in parts:
+            p.add_done_callback(part_done)
+        return outer
+
+    def _feeds(self, rung: Measured, x: np.ndarray) -> tuple[list[dict[str, np.ndarray]], list[int], int | None]:
+        """The model calls for ``x`` (as ``predict`` splits and pads them) and the real rows of each."""
+        art = rung.cand.artifact
+        fixed = art.batch if isinstance(art.batch, int) else None
+        step = fixed or (art.max_batch if isinstance(art.max_batch, int) and art.max_batch > 0 else None)
+        chunks = [x] if step is None else [x[i:i + step] for i in range(0, x.shape[0], step)]
+        feeds, reals = [], []
+        for chunk in chunks:
+            real = chunk.shape[0]
+            if fixed is not None and real < fixed:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+            feed = {IMAGES: np.ascontiguousarray(chunk)}
+            if art.elastic:
+                feed[CORE_SELECT] = core_select(rung.cand.cores)
+            feeds.append(feed)
+            reals.append(real)
+        return feeds, reals, fixed
+
+    def _complete(self, outer: Future, parts: list[Future], reals: list[int], fixed: int | None, n: int,
+                  rung: Measured, level: int, pre_ms: float = 0.0) -> None:
+        """All model calls of one submit are done: settle its future (in the pool's thread)."""
+        if outer.done():
+            return
+        try:
+            if any(p.cancelled() for p in parts):  # close(cancel_pending=True) dropped part of it
+                outer.cancel()
+                return
+            err = next((p.exception() for p in parts if p.exception() is not None), None)
+            if err is not None:
+                outer.set_exception(err)
+                return
+            outs, elapsed = [], 0.0
+            for p, real in zip(parts, reals):
+                y, ms = p.result()
+                elapsed += ms
+                outs.append({k: v[:real] for k, v in y.items()})
+            outputs = outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+            tier = rung.cand.tier
+            if self.controller is not None:
+                observed = elapsed / len(parts) if fixed is not None else elapsed / n
+                if self._hook is not None:
+                    observed = float(self._hook(observed, tier))
+                self._observe_async(observed, level)
+            outer.set_result(Prediction(outputs, tier, elapsed, self._class_names, preprocess_ms=pre_ms))
+        except BaseException as e:  # noqa: BLE001 - delivered through the future
+            if not outer.done():
+                try:
+                    outer.set_exception(e)
+                except Exception:  # noqa: BLE001 - cancelled concurrently
+                    pass
+
+    def _observe_async(self, observed_ms: float, level: int) -> None:
+        """Like ``_observe``, from a completion thread: a switch warms the new rung's neighbours
+        in a background thread instead of compiling inside the backend's callback."""
+        assert self.controller is not None
+        if not math.isfinite(observed_ms):
+            return
+        with self._lock:
+            new = self.controller.observe(observed_ms, level)
+            if new is not None:
+                self._level = new
+        if new is not None:
+            threading.Thread(target=self._warm_background, args=(new,), name="veca-runtime-warm", daemon=True).start()
+
+    def _warm_background(self, level: int) -> None:
+        try:
+            with self._warm_lock:
+                for lv in (level, level + 1, level - 1):
+                    if self._closed:
+                        return
+                    if 0 <= lv < len(self._rungs):
+                        self._make(self._rungs[lv].cand)
+        except Exception:  # noqa: BLE001 - the next submit on that rung reports it
+            pass
+
+    def _pool(self, cand) -> "InferPool":
+        """The inference pool of ``cand``'s runner (created on first use)."""
+        key = cand.runner_key
+        p = self._pools.get(key)
+        if p is None or p.closed:
+            from ..runtimes.pool import create_pool
+
+            with self._warm_lock:
+                if self._closed:
+                    raise UsageError("this Runtime is closed")
+                p = self._pools.get(key)
+                if p is None or p.closed:
+                    runner = self._make(cand)
+                    p = create_pool(runner, self._streams, lock=self._run_locks.get(key), clock=self._clock)
+                    self._pools[key] = p
+        return p
+
+    def _close_pools(self, cancel: bool) -> None:
+        with self._warm_lock:
+            pools = list(getattr(self, "_pools", {}).values())
+            self._pools = {}
+        for p in pools:  # outside the lock: completions may warm a rung
+            try:
+                p.close(cancel=cancel)
+            except Exception:  # noqa: BLE001
+                pass
+
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
+    def close(self, cancel_pending: bool = False) -> None:
+        """Free every runner. Work :meth:`submit` queued still runs first (its futures complete);
+        ``cancel_pending=True`` cancels what has not started instead (those futures are cancelled)."""
         self._closed = True
+        self._close_pools(cancel_pending)
         with self._warm_lock:
             for r in self._runners.values():
                 try:

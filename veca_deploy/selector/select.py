@@ -30,10 +30,16 @@ LADDER_GAIN = 0.05
 @dataclass(frozen=True)
 class Measured:
     cand: Candidate
-    latency_ms: float  # at the requested percentile
+    latency_ms: float  # at the requested percentile: inference, plus preprocessing when declared
+    #: with a declared input size: the two parts of ``latency_ms`` (each at the percentile)
+    inference_ms: float | None = None
+    preprocess_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.cand.tier.to_dict(), "accuracy": self.cand.accuracy, "latency_ms": round(self.latency_ms, 4)}
+        d = {**self.cand.tier.to_dict(), "accuracy": self.cand.accuracy, "latency_ms": round(self.latency_ms, 4)}
+        if self.preprocess_ms is not None:
+            d.update(inference_ms=round(self.inference_ms, 4), preprocess_ms=round(self.preprocess_ms, 4))
+        return d
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Selection:
     profiled: bool = False  # whether this call had to measure
     skipped: list[str] = field(default_factory=list)
     decision: dict[str, Any] = field(default_factory=dict)  # why: leader, ties, resolution, samples
+    #: the application's declared input size (height, width): latencies include preprocessing
+    input_size: tuple[int, int] | None = None
 
     @property
     def limit_ms(self) -> float | None:
@@ -71,7 +79,9 @@ class Selection:
                 "margin": self.margin, "limit_ms": None if limit is None else round(limit, 4),
                 "profiled": self.profiled, "chosen": self.chosen.to_dict(),
                 "candidates": [{**m.to_dict(), "fits": limit is None or m.latency_ms <= limit} for m in self.ranked],
-                "skipped": self.skipped, "decision": self.decision}
+                "skipped": self.skipped, "decision": self.decision,
+                **({"input_size": list(self.input_size), "latency": "preprocessing + inference"}
+                   if self.input_size else {})}
 
 
 def check_budget(budget_ms: float | None, percentile: float, margin: float) -> None:
@@ -187,16 +197,22 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
            margin: float = 0.1, tiers: list[int] | None = None, precisions: list[str] | None = None,
            profile: Profile | None = None, measure: bool = True, count: int = 50, warmup: int = 5,
            threads: int | None = None, progress: Callable[..., None] | None = None,
-           offline: bool = False) -> Selection:
+           offline: bool = False, input_size: Any = None, time_limit_s: float | None = None) -> Selection:
     """Choose a candidate for ``budget_ms`` (None: the most accurate, no profile needed).
 
     Candidates missing from this device's profile are measured first (with the shared harness)
     and the profile is saved into the bundle; ``measure=False`` refuses instead.
     ``offline=True`` decides for the device that measured ``profile`` (another machine): nothing
     runs here, and the backends and execution variants are the ones that device measured, not
-    the ones installed here; the rules are the same.
+    the ones installed here; the rules are the same. ``input_size`` ((height, width) or "HxW"):
+    what the application feeds; each candidate's latency is then preprocessing of that size to
+    its tier size plus inference, both at ``percentile`` (measured here and stored in the profile
+    when missing, unless offline).
     """
     check_budget(budget_ms, percentile, margin)
+    from .preprocess_cost import parse_input_size
+
+    input_size = parse_input_size(input_size)
     if offline:
         if profile is None:
             raise UsageError("offline selection needs a profile")
@@ -222,8 +238,14 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
             if not measure:
                 raise BudgetError(f"no latency profile for this device covering {len(missing)} candidate(s); "
                                   "run veca-deploy bench first")
-            profile = measure_candidates(bundle, missing, count=count, warmup=warmup, threads=threads,
-                                         profile=profile, progress=progress)
+            budget_s = None
+            if time_limit_s is not None:
+                if not (isinstance(time_limit_s, (int, float)) and math.isfinite(time_limit_s) and time_limit_s > 0):
+                    raise UsageError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
+                budget_s = time_limit_s / len(missing)
+            profile = measure_candidates(bundle, missing, count=None if budget_s else count,
+                                         duration_s=budget_s, warmup=min(warmup, 2) if budget_s else warmup,
+                                         threads=threads, profile=profile, progress=progress)
             profiled = True
             try:
                 save_profile(bundle, profile)
@@ -241,6 +263,13 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
         measured.append(Measured(c, t.percentile(percentile)))
     if not measured:
         raise BudgetError("no candidate could be measured here: " + "; ".join(skipped[:4]))
+    if input_size is not None and profile is not None:
+        measured, new_costs = _with_preprocessing(bundle, profile, measured, input_size, percentile, not offline)
+        if new_costs:
+            try:
+                save_profile(bundle, profile)
+            except OSError:
+                pass
     ranked = rank(measured)
     device = profile.device if profile is not None else ""
     if budget_ms is None:
@@ -253,7 +282,36 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
             fastest = min(measured, key=lambda m: m.latency_ms)
             raise BudgetError(f"no tier fits {budget_ms:g} ms (p{percentile:g} <= {limit:.3g} ms with margin "
                               f"{margin:g}) on {device}: the fastest, {fastest.cand.tier}, takes "
-                              f"{fastest.latency_ms:.3g} ms")
+                              f"{fastest.latency_ms:.3g} ms"
+                              + (f" ({fastest.preprocess_ms:.3g} ms preprocessing a {input_size[0]}x{input_size[1]} "
+                                 f"input + {fastest.inference_ms:.3g} ms inference)"
+                                 if fastest.preprocess_ms is not None else ""))
         chosen, decision = decide(fitting)
+    if not offline:
+        verify_chosen(bundle, chosen)
     return Selection(chosen, ranked, budget_ms, float(percentile), float(margin), device, profiled, skipped,
-                     decision)
+                     decision, input_size)
+
+
+def verify_chosen(bundle: Bundle, chosen: Measured) -> None:
+    """The chosen artifact's files must still be what the manifest records (size, then sha256;
+    :meth:`Bundle.path_of` hashes each artifact once per open bundle): a profile measured before
+    a file was truncated or replaced must not select it. A :class:`BundleError` naming it."""
+    art = chosen.cand.artifact
+    try:
+        bundle.path_of(art)
+    except BundleError as e:
+        raise BundleError(f"selected {art.id} ({chosen.cand.tier}) but it fails its integrity check: {e} "
+                          "(re-export or restore the bundle; run veca-deploy validate)") from None
+
+
+def _with_preprocessing(bundle: Bundle, profile: Profile, measured: list[Measured], input_size: tuple[int, int],
+                        percentile: float, measure: bool) -> tuple[list[Measured], bool]:
+    """Every candidate's latency as preprocessing of ``input_size`` to its tier size + inference."""
+    from .preprocess_cost import preprocess_costs
+
+    sizes = {(m.cand.artifact.height, m.cand.artifact.width) for m in measured}
+    costs, new = preprocess_costs(bundle.preprocess, profile, input_size, sizes, percentile, measure=measure)
+    out = [Measured(m.cand, m.latency_ms + costs[(m.cand.artifact.height, m.cand.artifact.width)], m.latency_ms,
+                    costs[(m.cand.artifact.height, m.cand.artifact.width)]) for m in measured]
+    return out, new
