@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from veca_deploy.cli import main
 from veca_deploy.errors import BundleError, CheckpointError, OutputExistsError, UsageError
 
 from .test_cli_errors import assert_one_line_error, run_main, snapshot

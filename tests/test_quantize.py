@@ -149,7 +149,7 @@ def test_eval_cli_writes_json_and_manifest(quantized, tmp_path, capsys):
     target = tmp_path / "ev"
     shutil.copytree(quantized, target)
     code, err = _cli(capsys, "eval", str(target), "--limit", "100", "--json", str(tmp_path / "r.json"), "--backend",
-                     "onnxruntime", "--allow-drop", "0.5", "-q")
+                     "onnxruntime", "--allow-drop", "0.5", "--overwrite", "-q")
     assert code == 0, err
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["samples"] == 100 and rep["dataset"] == "fashion-mnist:test" and not rep["gate"]["failures"]

@@ -167,10 +167,10 @@ def test_cancelled_future_and_adaptive_switch_under_submit(tiny_bundle, tmp_path
         first = [rt.submit(x) for x in imgs]
         [f.result(timeout=60) for f in first]
         slow["on"] = True
-        futs = []
-        for _ in range(12):
-            futs += [(x, rt.submit(x)) for x in imgs]
-        preds = [(x, f.result(timeout=60)) for x, f in futs]
+        preds = []
+        for _ in range(12):  # in waves: a request takes its tier at submit time, so later waves see the switch
+            wave = [(x, rt.submit(x)) for x in imgs]
+            preds += [(x, f.result(timeout=60)) for x, f in wave]
         assert rt.switches, "the slowdown should have stepped down"
         seen = {p.tier for _, p in preds}
         assert seen <= set(rt.tiers) and len(seen) > 1
