@@ -1,6 +1,6 @@
 """Throughput on one device (issue 19): images/s of batch-1 synchronous ``Runtime.predict`` calls vs
 ``Runtime.submit`` with N requests in flight (``Runtime.open(..., streams=N)``: OpenVINO
-``AsyncInferQueue`` + ``NUM_STREAMS=N``, ONNX Runtime N parallel runs on one session with
+N infer requests + ``NUM_STREAMS=N``, ONNX Runtime N parallel runs on one session with
 cores/N intra-op threads each), ONNX Runtime and OpenVINO side by side, veca_small (random
 weights) at 256 px, FP32.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def run_variant(spec: dict) -> dict:
 def child(spec: dict) -> dict:
     """``run_variant`` in a fresh interpreter (its own peak RSS); the result is its last stdout line."""
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"variant {spec['backend']} {spec['mode']} x{spec['streams']} failed: "
                            + (p.stderr.strip().splitlines() or ["?"])[-1])
@@ -164,7 +165,8 @@ def main(argv=None) -> dict:
                        concurrency=levels, rounds=a.rounds, duration_s=None if a.count else a.duration,
                        count=a.count, threads=a.threads)
     cm.log(f"machine: {result['machine']}")
-    bdir = Path(a.bundle) if a.bundle else Path(tempfile.mkdtemp(prefix="veca-throughput-")) / "bundle"
+    tmp = None if a.bundle else Path(tempfile.mkdtemp(prefix="veca-throughput-"))
+    bdir = Path(a.bundle) if a.bundle else tmp / "bundle"
     backends = [b for b in a.backends if backend_available(b)]
     if not a.bundle:
         import veca_deploy
@@ -220,7 +222,7 @@ def main(argv=None) -> dict:
                             next(c for c in r["concurrency"] if c["streams"] == r["best_streams"])["peak_rss_mb"]]
                          for r in rows])
           + "\n`sync`: `Runtime.predict` in a loop (today's path, LATENCY settings); `N in flight`: "
-            "`Runtime.open(..., streams=N)` + `submit`, N requests kept in flight (OpenVINO AsyncInferQueue with "
+            "`Runtime.open(..., streams=N)` + `submit`, N requests kept in flight (OpenVINO: N infer requests with "
             "NUM_STREAMS=N and the THROUGHPUT hint; ONNX Runtime N parallel runs on one session, cores/N intra-op "
             "threads each). Latency: per call (sync) or submit to completion. Peak RSS: the variant's own process.\n")
     fig = None
@@ -238,6 +240,8 @@ def main(argv=None) -> dict:
     except ImportError:
         fig = None
     cm.publish(a.out, NAME, result, md, fig)
+    if tmp is not None:  # the exported bundle was ours (pass --bundle to keep one)
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

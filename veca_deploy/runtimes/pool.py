@@ -3,10 +3,10 @@ a :class:`concurrent.futures.Future` of ``(outputs, latency_ms)``.
 
 Each backend's own mechanism:
 
-- **OpenVINO**: an ``AsyncInferQueue`` of K infer requests on the runner's compiled model (the
-  runner compiles with ``PERFORMANCE_HINT=THROUGHPUT`` and ``NUM_STREAMS=K`` when its ``streams``
-  option is K > 1). One dispatcher thread hands queued feeds to idle requests; completions come
-  back in OpenVINO's callback threads.
+- **OpenVINO**: K infer requests on the runner's compiled model (the runner compiles with
+  ``PERFORMANCE_HINT=THROUGHPUT`` and ``NUM_STREAMS=K`` when its ``streams`` option is K > 1),
+  each driven by one worker thread (``infer`` releases the GIL). Not ``AsyncInferQueue``: its
+  Python callbacks in OpenVINO's threads can deadlock the teardown (see :class:`OpenVINOInferPool`).
 - **ONNX Runtime**: K worker threads calling ``InferenceSession.run`` in parallel on the one
   session (``run`` is thread-safe; the runner gives each run ``max(1, threads // K)`` intra-op
   threads, so K x threads <= the cores).
@@ -178,78 +178,44 @@ class ThreadInferPool(InferPool):
         return {**super().describe(), "mechanism": "threads"}
 
 
-class OpenVINOInferPool(InferPool):
-    """An ``AsyncInferQueue`` of ``streams`` requests on the runner's compiled model."""
+class OpenVINOInferPool(ThreadInferPool):
+    """``streams`` OpenVINO infer requests of the runner's compiled model (compiled with
+    ``NUM_STREAMS`` = streams), each driven by its own worker thread: ``InferRequest.infer``
+    releases the GIL, so the K requests run at once on the plugin's K streams.
+
+    Not ``AsyncInferQueue``: its Python callbacks run in OpenVINO's stream threads, and tearing
+    the compiled model down then deadlocks now and then (OpenVINO 2026.4: ``~CPUStreamsExecutor``
+    joins a stream thread that waits for the GIL the closing thread holds; 2 of 25 closes of
+    veca_small at 256 px). Here OpenVINO's threads never touch Python."""
 
     def __init__(self, runner: Runner, streams: int, lock: threading.Lock | None = None,
                  clock: Clock = time.perf_counter) -> None:
-        import openvino as ov
-
-        super().__init__(runner, streams, None, clock)  # own requests: no lock with the sync path
         runner.activate()
-        self._aq = ov.AsyncInferQueue(runner.compiled, self.streams)
-        self._aq.set_callback(self._done)
-        self._inflight: set[Future] = set()
-        self._flight = threading.Lock()
-        self._start(self._dispatch, 1, "veca-openvino-dispatch")
+        self._requests = [runner.compiled.create_infer_request() for _ in range(check_streams(streams))]
+        self._local = threading.local()
+        self._next = iter(range(len(self._requests)))
+        self._pick = threading.Lock()
+        super().__init__(runner, streams, None, clock)  # own requests: no lock with the sync path
 
-    def _dispatch(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            fut, feed = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                self._aq.get_idle_request_id()  # waits (GIL released) until a request is free
-                with self._flight:
-                    self._inflight.add(fut)
-                self._aq.start_async(feed, [fut, feed, self._clock()], share_inputs=True)
-            except BaseException as e:  # noqa: BLE001
-                with self._flight:
-                    self._inflight.discard(fut)
-                if not fut.done():
-                    fut.set_exception(_ov_error(self.runner, e))
-
-    def _done(self, request: Any, userdata: list) -> None:
-        fut, _feed, t0 = userdata  # _feed: kept alive until here (share_inputs)
-        ms = (self._clock() - t0) * 1e3
+    def _run(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            with self._pick:
+                req = self._local.request = self._requests[next(self._next)]
+        t0 = self._clock()
         try:
-            out = {name: np.array(request.get_output_tensor(i).data, copy=True)
-                   for i, name in enumerate(self._outputs)}
-        except BaseException as e:  # noqa: BLE001 - never raise into OpenVINO's thread
-            self._settle(fut, exc=_ov_error(self.runner, e))
-        else:
-            self._settle(fut, result=(out, ms))
-
-    def _settle(self, fut: Future, result: Any = None, exc: BaseException | None = None) -> None:
-        with self._flight:
-            self._inflight.discard(fut)
-        if fut.done():
-            return
-        try:
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-        except Exception:  # noqa: BLE001 - settled concurrently
-            pass
+            # as the runner's sync path: zero-copy in, shared out + one copy (callers own their arrays)
+            outs = req.infer(feed, share_inputs=True, share_outputs=True).to_tuple()
+            out = {name: np.array(t, copy=True) for name, t in zip(self._outputs, outs)}
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types
+            raise _ov_error(self.runner, e) from None
+        return out, (self._clock() - t0) * 1e3
 
     def _finish(self) -> None:
-        try:
-            self._aq.wait_all()
-        except Exception:  # noqa: BLE001 - a failed request: its future is failed below
-            pass
-        with self._flight:
-            left, self._inflight = list(self._inflight), set()
-        for fut in left:  # a request whose callback never came (failed inside OpenVINO)
-            if not fut.done():
-                fut.set_exception(BundleError(f"{self.runner.path.name}: OpenVINO request did not complete"))
-        self._aq = None
+        self._requests = []  # the workers are gone: release the requests before the runner closes
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "mechanism": "openvino.AsyncInferQueue"}
+        return {**super().describe(), "mechanism": "openvino infer requests (one per stream)"}
 
 
 def _ov_error(runner: Runner, e: BaseException) -> BaseException:

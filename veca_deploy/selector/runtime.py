@@ -376,7 +376,7 @@ class Runtime:
     def submit(self, images: Any) -> "Future[Prediction]":
         """Queue ``images`` (anything :meth:`predict` takes) and return at once a
         :class:`~concurrent.futures.Future` of the same :class:`Prediction` ``predict`` returns.
-        Up to ``streams`` requests run at once (OpenVINO ``AsyncInferQueue``, ONNX Runtime
+        Up to ``streams`` requests run at once (OpenVINO: one infer request per stream, ONNX Runtime
         parallel runs); the rest wait in order. Input checks and preprocessing run here, in the
         caller's thread (bad input raises :class:`InputError` here, before anything is queued); the
         tier is taken at this call, so a request never sees an adaptive switch half-way.
