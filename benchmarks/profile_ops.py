@@ -1,6 +1,12 @@
 """Where does the time go? Per-operator profiles of one veca_small tier (random weights, batch 1)
 in every CPU path a bundle can ship: ONNX Runtime FP32 / INT8 (S8S8 and U8S8 QDQ) and OpenVINO
-f32 / INT8 (NNCF). The investigation behind the graph and recipe choices in docs/performance.md.
+f32 / bf16 execution of the FP32 IR (where the CPU runs bf16 natively) / INT8 (NNCF). The
+investigation behind the graph and recipe choices in docs/performance.md.
+
+``--peaks`` also measures the practical GEMM peak of each variant's backend and precision in the
+same run (``benchmarks/_peak.py``: one MatMul shaped like the model's largest) and splits each
+profile into matrix products (MatMul / FullyConnected / Gemm / Conv kernels) and everything else,
+so a reader sees whether a path is held back by its GEMMs or by the rest.
 
 Latency: all variants timed interleaved (A B C, C B A, ...), medians. Profiles: ONNX Runtime's
 ``enable_profiling`` (kernel time per node) and OpenVINO's ``PERF_COUNT`` (time and the kernel
@@ -29,7 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 NAME = "profile_ops"
-VARIANTS = ("ort-fp32", "ort-int8-s8s8", "ort-int8-u8s8", "ov-f32", "ov-int8")
+VARIANTS = ("ort-fp32", "ort-int8-s8s8", "ort-int8-u8s8", "ov-f32", "ov-bf16", "ov-int8")
+#: the OpenVINO inference precision of each OpenVINO variant
+OV_PRECISION = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": "f32"}
+#: the _peak key each variant is held against
+PEAK_KEY = {"ort-fp32": "onnxruntime/fp32", "ort-int8-s8s8": "onnxruntime/int8", "ort-int8-u8s8": "onnxruntime/int8",
+            "ov-f32": "openvino/f32", "ov-bf16": "openvino/bf16", "ov-int8": "openvino/int8"}
+GEMM_OPS = ("MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+            "FullyConnected", "Gemm", "Conv", "QLinearConv", "ConvInteger")
 
 
 def parse(argv=None):
@@ -42,6 +55,7 @@ def parse(argv=None):
     ap.add_argument("--profile-runs", type=int, default=3)
     ap.add_argument("--calib-count", type=int, default=8, help="calibration crops (scales only; latency does not "
                                                                 "depend on them)")
+    ap.add_argument("--peaks", action="store_true", help="measure each variant's practical GEMM peak in the same run")
     ap.add_argument("--out", default=str(cm.RESULTS))
     ap.add_argument("--smoke", action="store_true", help="veca_tiny at 28 px, 2 rounds (CI)")
     a = ap.parse_args(argv)
@@ -90,13 +104,13 @@ def ort_profile(path: Path, x: np.ndarray, runs: int, prefix: Path) -> dict:
     return {"total_ms": round(sum(by_type.values()), 2), "by_op_type": top(by_type, 20), "by_node": top(by_node, 20)}
 
 
-def ov_profile(xml: Path, x: np.ndarray, runs: int) -> dict:
+def ov_profile(xml: Path, x: np.ndarray, runs: int, precision: str = "f32") -> dict:
     """PERF_COUNT per op type [kernel] / node, averaged over ``runs`` inferences after one warm-up."""
     import openvino as ov
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(xml)), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True})
     req = compiled.create_infer_request()
     req.infer({"images": x})
     by_type, by_node = defaultdict(float), defaultdict(float)
@@ -107,7 +121,28 @@ def ov_profile(xml: Path, x: np.ndarray, runs: int) -> dict:
             by_type[f"{p.node_type} [{p.exec_type}]"] += ms
             by_node[f"{pattern(p.node_name)} [{p.exec_type}]"] += ms
     del req, compiled
-    return {"total_ms": round(sum(by_type.values()), 2), "by_op_type": top(by_type, 20), "by_node": top(by_node, 20)}
+    return {"total_ms": round(sum(by_type.values()), 2), "by_op_type": top(by_type, 20), "by_node": top(by_node, 20),
+            "gemm_ms": round(sum(v for k, v in by_type.items() if k.split(" [")[0] in GEMM_OPS), 3),
+            "kernels": sorted({k.split(" [")[1].rstrip("]") for k in by_type if " [" in k
+                               and k.split(" [")[0] in GEMM_OPS})}
+
+
+def gemm_split(prof: dict, backend: str) -> None:
+    """Add ``gemm_ms`` (matrix-product kernels) to an ONNX Runtime profile (OpenVINO's has it)."""
+    if "gemm_ms" not in prof:
+        prof["gemm_ms"] = round(sum(d["ms"] for d in prof["by_op_type"] if d["name"] in GEMM_OPS), 3)
+    prof["other_ms"] = round(prof["total_ms"] - prof["gemm_ms"], 3)
+    prof["gemm_pct"] = round(100 * prof["gemm_ms"] / max(prof["total_ms"], 1e-9), 1)
+
+
+def ov_bf16_native() -> bool:
+    """Whether this CPU runs OpenVINO bf16 inference natively (AVX512-BF16 / AMX)."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - no OpenVINO or no such property: no bf16 variant
+        return False
 
 
 def build(a, model, tmp: Path) -> dict[str, tuple[str, Path]]:
@@ -128,6 +163,7 @@ def build(a, model, tmp: Path) -> dict[str, tuple[str, Path]]:
     if any(v.startswith("ov-") for v in a.variants):
         export_openvino(onnx_p, xml, precision="fp32")
         paths["ov-f32"] = ("openvino", xml)
+        paths["ov-bf16"] = ("openvino", xml)  # the same IR, bf16 execution
     if any("int8" in v for v in a.variants):
         from deploy_speedup import skimage_calibration
 
@@ -153,6 +189,9 @@ def main(argv=None) -> dict:
     from veca_deploy.runtimes import create_runner
 
     fp = cm.fingerprint()
+    if "ov-bf16" in a.variants and not ov_bf16_native():
+        cm.log("ov-bf16 skipped: this CPU has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES)")
+        a.variants = [v for v in a.variants if v != "ov-bf16"]
     result = cm.header(fp, benchmark=NAME, model=a.model, size=a.size, cores=a.cores, variants=a.variants)
     cm.log(f"machine: {result['machine']}")
     torch.manual_seed(0)
@@ -162,8 +201,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="veca-prof-") as td:
         tmp = Path(td)
         paths = build(a, model, tmp)
-        opts = {"onnxruntime": {}, "openvino": {"inference_precision": "f32"}}
-        runners = {v: create_runner(b, p, **opts[b]).activate() for v, (b, p) in paths.items()}
+        def opts(v: str, b: str) -> dict:
+            return {"inference_precision": OV_PRECISION[v]} if b == "openvino" else {}
+
+        runners = {v: create_runner(b, p, **opts(v, b)).activate() for v, (b, p) in paths.items()}
         feed = {"images": x}
         samples = cm.interleaved({v: (lambda r=r: r.infer(feed, check=False)) for v, r in runners.items()},
                                  rounds=a.rounds, warmup=1, iters=1 if a.size >= 256 else 10, log=cm.log)
@@ -173,21 +214,41 @@ def main(argv=None) -> dict:
         rows = []
         for v, (backend, p) in paths.items():
             prof = ort_profile(p, x, a.profile_runs, tmp / f"prof-{v}") if backend == "onnxruntime" \
-                else ov_profile(p, x, a.profile_runs)
+                else ov_profile(p, x, a.profile_runs, OV_PRECISION[v])
+            gemm_split(prof, backend)
             ms = cm.med(samples[v])
             rows.append({"variant": v, "backend": backend, **cm.summary(samples[v]),
                          "gflops_s": round(flops / (ms / 1e3) / 1e9, 2), "profile": prof})
     base = {r["backend"]: r["median_ms"] for r in rows if r["variant"] in ("ort-fp32", "ov-f32")}
     for r in rows:
         r["speedup_vs_fp32_same_backend"] = cm.ratio(base.get(r["backend"]), r["median_ms"])
-    result.update(flops=flops, gflop=round(flops / 1e9, 2), results=rows)
+    peaks = None
+    if a.peaks:
+        from _peak import measure_peaks
+
+        d = model.cfg.hidden_dim
+        tokens = (a.size // model.cfg.patch_size) ** 2 + a.cores
+        ov_precs = ["f32"] + (["bf16"] if "ov-bf16" in a.variants else [])
+        peaks = measure_peaks(tokens, d, 4 * d, threads=None, ort_options={}, ov_precisions=ov_precs, log=cm.log)
+        for r in rows:
+            pk = peaks["peaks"].get(PEAK_KEY[r["variant"]])
+            if pk:
+                r["peak_gflops"] = pk["gflops"]
+                r["pct_of_peak"] = round(100 * r["gflops_s"] / pk["gflops"], 1)
+    result.update(flops=flops, gflop=round(flops / 1e9, 2), results=rows, peaks=peaks)
     cm.finish(result)
 
     md = [f"Machine: {result['machine']}. {a.model} C={a.cores} at {a.size} px ({flops / 1e9:.1f} GFLOP), "
           f"batch 1, random weights.\n\n**Latency (interleaved, median of {a.rounds})**\n\n",
-          cm.md_table(["variant", "median ms", "GFLOP/s", "vs FP32 same backend", "profiled op time ms"],
-                      [[r["variant"], r["median_ms"], r["gflops_s"], r["speedup_vs_fp32_same_backend"],
-                        r["profile"]["total_ms"]] for r in rows])]
+          cm.md_table(["variant", "median ms", "GFLOP/s", "practical GEMM peak GFLOP/s", "% of peak",
+                       "vs FP32 same backend", "profiled op time ms", "in matrix products", "GEMM kernels"],
+                      [[r["variant"], r["median_ms"], r["gflops_s"], r.get("peak_gflops", "-"), r.get("pct_of_peak", "-"),
+                        r["speedup_vs_fp32_same_backend"], r["profile"]["total_ms"],
+                        f"{r['profile']['gemm_ms']} ms ({r['profile']['gemm_pct']}%)",
+                        ", ".join(r["profile"].get("kernels", [])) or "-"] for r in rows])]
+    if peaks:
+        md.append(f"\nPeaks: {peaks['how']} ([{peaks['shape'][0]},{peaks['shape'][1]}]x"
+                  f"[{peaks['shape'][1]},{peaks['shape'][2]}], the model's MLP GEMM), measured in this run.\n")
     for r in rows:
         p = r["profile"]
         md.append(f"\n**{r['variant']}: op types** (profiled total {p['total_ms']} ms/run)\n\n")

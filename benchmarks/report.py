@@ -72,6 +72,16 @@ def targets(r: dict[str, dict | None]) -> list[list[Any]]:
         txt = "; ".join(f"{x['backend']} {x['predict_overhead_us']:+.0f} us ({x['predict_overhead_pct']:+.1f}%)"
                         for x in ro["rows"])
         rows.append(["`Runtime.predict` overhead <= 5% or 100 us over the bare backend call", txt, _yes(ro["met"])])
+    tp = r.get("throughput")
+    if tp and tp.get("rows"):
+        for x in tp["rows"]:
+            if x.get("input", "tensor") != "tensor":
+                continue
+            ceiling = f"; ceiling {x['ceiling_vs_sync']}x" if x.get("ceiling_vs_sync") else ""
+            rows.append([f"best concurrency >= 1.5x batch-1 synchronous images/s, {tp['model'].split()[0]} at "
+                         f"{tp['size']} px ({x['backend']}, {tp['machine'].split(', ')[1]})",
+                         f"{x['speedup_vs_sync']}x ({x['best_streams']} in flight, {x['best_images_per_s']} vs "
+                         f"{x['sync']['images_per_s']} img/s{ceiling})", _yes((x["speedup_vs_sync"] or 0) >= 1.5)])
     so = r.get("soak")
     if so:
         rows.append([f"soak: {so['calls']:,} calls, resident memory growth after warm-up < 5%",
@@ -104,7 +114,8 @@ def deploy_table(ds: dict) -> str:
 
 
 def section(results: Path) -> str:
-    names = ("scaling", "deploy_speedup", "elastic_tiers", "toolchain_cost", "runtime_overhead", "soak", "profile_ops")
+    names = ("scaling", "deploy_speedup", "elastic_tiers", "toolchain_cost", "runtime_overhead", "soak", "profile_ops",
+             "throughput")
     r = {n: load(results, n) for n in names}
     have = {n: d for n, d in r.items() if d}
     if not have:
@@ -124,6 +135,12 @@ def section(results: Path) -> str:
         out += ["\n**Deployment speedup** (`benchmarks/deploy_speedup.py`; `ort_int8` = S8S8, "
                 "`ort_int8_u8s8` = `--int8-scheme u8s8`, OpenVINO at f32 inference precision)\n\n",
                 deploy_table(r["deploy_speedup"])]
+    if r["throughput"] and r["throughput"].get("rows"):
+        from throughput import markdown as throughput_markdown
+
+        out += ["\n**Throughput: latency vs concurrency** (`benchmarks/throughput.py`; `Runtime.submit` with N "
+                "requests in flight vs batch-1 `Runtime.predict`)\n\n", throughput_markdown(r["throughput"]),
+                f"\n![throughput]({rel}/throughput.png)\n"]
     tc = r["toolchain_cost"]
     if tc:
         out.append(f"\n**Toolchain cost**: a full reference export (4 tiers, ONNX + OpenVINO, FP32/FP16/INT8 with "

@@ -345,6 +345,10 @@ def test_report_reproduces_the_committed_results(tmp_path):
             assert f"{r['vit_over_veca_small_c16']:.2f}x" in text
     overhead = json.loads((results / "runtime_overhead.json").read_text())
     assert all(f"{r['predict_overhead_us']:+.0f} us" in text for r in overhead["rows"])
+    throughput = json.loads((results / "throughput.json").read_text())
+    assert "latency vs concurrency" in text and throughput["machine"] in text
+    assert all(f"{r['speedup_vs_sync']}x ({r['best_streams']} in flight" in text for r in throughput["rows"]
+               if r.get("input", "tensor") == "tensor")
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n{report.BEGIN}\nstale\n{report.END}\nafter\n")
     report.main(["--results", str(results), "--readme", str(readme)])

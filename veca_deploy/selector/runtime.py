@@ -51,13 +51,16 @@ class Prediction:
     class_names: tuple[str, ...] | None = None
     #: resizing + normalising the raw images (0 for float32 input), measured in this call
     preprocess_ms: float = 0.0
-    #: ``predict(deadline_ms=)`` given and preprocessing + inference took longer
+    #: ``predict``/``submit(deadline_ms=)`` given and the call took longer (:attr:`total_ms`)
     late: bool = False
+    #: :meth:`Runtime.submit` only: time the request waited for a free stream before the model
+    #: ran (submit to completion, less preprocessing and inference); 0 for ``predict``
+    queue_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        """What this call cost the application: preprocessing + inference."""
-        return self.preprocess_ms + self.latency_ms
+        """What this call cost the application: preprocessing + queueing (submit) + inference."""
+        return self.preprocess_ms + self.queue_ms + self.latency_ms
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]
@@ -86,6 +89,12 @@ def _log_progress(message: str = "", advance: int = 1, total: int | None = None,
     ``logging.basicConfig(level=logging.INFO)``)."""
     if message:
         logging.getLogger("veca_deploy").info("Runtime.open: %s", message)
+
+
+def _check_deadline(deadline_ms: Any) -> None:
+    if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float))
+                                    or not math.isfinite(deadline_ms) or deadline_ms <= 0):
+        raise UsageError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms!r}")
 
 
 #: AdaptiveController settings ``adaptive_options`` may set (the rest come from the selection)
@@ -226,9 +235,7 @@ class Runtime:
         overruns push the controller down. The CPU backends' calls are not cancelled mid-way."""
         if self._closed:
             raise UsageError("this Runtime is closed")
-        if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float))
-                                        or not math.isfinite(deadline_ms) or deadline_ms <= 0):
-            raise UsageError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms!r}")
+        _check_deadline(deadline_ms)
         with self._lock:
             level = self._level
             rung = self._rungs[level]
@@ -373,16 +380,22 @@ class Runtime:
         """Requests :meth:`submit` runs at once."""
         return self._streams
 
-    def submit(self, images: Any) -> "Future[Prediction]":
+    def submit(self, images: Any, *, deadline_ms: float | None = None) -> "Future[Prediction]":
         """Queue ``images`` (anything :meth:`predict` takes) and return at once a
         :class:`~concurrent.futures.Future` of the same :class:`Prediction` ``predict`` returns.
         Up to ``streams`` requests run at once (OpenVINO: one infer request per stream, ONNX Runtime
         parallel runs); the rest wait in order. Input checks and preprocessing run here, in the
         caller's thread (bad input raises :class:`InputError` here, before anything is queued); the
         tier is taken at this call, so a request never sees an adaptive switch half-way.
-        Thread-safe. Cancelling the future before it runs drops the work."""
+        Thread-safe. Cancelling the future before it runs drops the work.
+
+        The prediction's ``queue_ms`` is the time it waited for a free stream; ``deadline_ms``
+        applies to the whole submit-to-result time. In adaptive mode the controller observes
+        inference *plus* queueing delay, so a load the current tier cannot keep up with (the
+        queue grows) steps it down even though each inference alone still fits the budget."""
         if self._closed:
             raise UsageError("this Runtime is closed")
+        _check_deadline(deadline_ms)
         with self._lock:
             level = self._level
             rung = self._rungs[level]
@@ -410,7 +423,7 @@ class Runtime:
                 left[0] -= 1
                 if left[0]:
                     return
-            self._complete(outer, parts, reals, fixed, x.shape[0], rung, level, pre_ms)
+            self._complete(outer, parts, reals, fixed, x.shape[0], rung, level, pre_ms, t_pre, deadline_ms)
 
         outer.add_done_callback(lambda f: [p.cancel() for p in parts] if f.cancelled() else None)
         for p in parts:
@@ -436,10 +449,12 @@ class Runtime:
         return feeds, reals, fixed
 
     def _complete(self, outer: Future, parts: list[Future], reals: list[int], fixed: int | None, n: int,
-                  rung: Measured, level: int, pre_ms: float = 0.0) -> None:
+                  rung: Measured, level: int, pre_ms: float = 0.0, t_submit: float | None = None,
+                  deadline_ms: float | None = None) -> None:
         """All model calls of one submit are done: settle its future (in the pool's thread)."""
         if outer.done():
             return
+        wall_ms = None if t_submit is None else (self._clock() - t_submit) * 1e3
         try:
             if any(p.cancelled() for p in parts):  # close(cancel_pending=True) dropped part of it
                 outer.cancel()
@@ -455,12 +470,24 @@ class Runtime:
                 outs.append({k: v[:real] for k, v in y.items()})
             outputs = outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
             tier = rung.cand.tier
+            # parts of one submit may run side by side, so the wait is what the wall clock left over
+            queue_ms = 0.0 if wall_ms is None else max(0.0, wall_ms - pre_ms - elapsed)
+            late = deadline_ms is not None and pre_ms + queue_ms + elapsed > deadline_ms
+            if late:
+                with self._lock:
+                    self._deadline_misses += 1
             if self.controller is not None:
-                observed = elapsed / len(parts) if fixed is not None else elapsed / n
+                per = len(parts) if fixed is not None else n
+                observed = elapsed / per
                 if self._hook is not None:
                     observed = float(self._hook(observed, tier))
+                # the wait counts whole: every image of the request waited it
+                observed += queue_ms + (pre_ms / per if self.selection.input_size else 0.0)
+                if late:
+                    observed = max(observed, float(deadline_ms) / per)
                 self._observe_async(observed, level)
-            outer.set_result(Prediction(outputs, tier, elapsed, self._class_names, preprocess_ms=pre_ms))
+            outer.set_result(Prediction(outputs, tier, elapsed, self._class_names, preprocess_ms=pre_ms,
+                                        late=late, queue_ms=queue_ms))
         except BaseException as e:  # noqa: BLE001 - delivered through the future
             if not outer.done():
                 try:
