@@ -62,7 +62,8 @@ def targets(r: dict[str, dict | None]) -> list[list[Any]]:
             rows.append([f"best FP32 {VECA} path at 512 px >= 60% of the practical FP32 peak",
                          f"{b['pct_of_peak']}% ({b['model']} {b['backend']}, {b['achieved_gflops_s']} of "
                          f"{sc['peak']['gflops']} GFLOP/s)", _yes(b["pct_of_peak"] >= 60)])
-    tc = r.get("toolchain_cost")
+    tc = r.get("toolchain_cost_reference") or (r.get("toolchain_cost") if "target_elastic_bytes" in
+                                                  (r.get("toolchain_cost") or {}) else None)
     if tc:
         t = tc["target_elastic_bytes"]
         rows.append(["elastic bundle: all tiers <= 1.1x the bytes of one tier",
@@ -82,11 +83,37 @@ def targets(r: dict[str, dict | None]) -> list[list[Any]]:
                          f"{tp['size']} px ({x['backend']}, {tp['machine'].split(', ')[1]})",
                          f"{x['speedup_vs_sync']}x ({x['best_streams']} in flight, {x['best_images_per_s']} vs "
                          f"{x['sync']['images_per_s']} img/s{ceiling})", _yes((x["speedup_vs_sync"] or 0) >= 1.5)])
+    rows += toolchain_targets(r.get("toolchain_cost"))
     so = r.get("soak")
     if so:
         rows.append([f"soak: {so['calls']:,} calls, resident memory growth after warm-up < 5%",
                      f"{so['growth_after_warmup_pct']:+.2f}%", _yes(so["passed"])])
     return rows
+
+
+#: issue 14's memory targets: peak RSS of the FP32+FP16 4-tier export per size, and one-tier INT8
+RSS_TARGETS_GB = {("fp32+fp16", 1024): 3.0, ("fp32+fp16", 1536): 4.5, ("int8", 1024): 5.0}
+
+
+def toolchain_targets(tc: dict | None) -> list[list[Any]]:
+    """Rows for the real-resolution export runs (``toolchain_cost.py`` at 224-1536 px)."""
+    if not tc or not tc.get("runs"):
+        return []
+    out = []
+    for r in tc["runs"]:
+        if r.get("rc") != 0:
+            continue
+        kind = "int8" if str(r["config"]).startswith("int8") else "fp32+fp16"
+        goal = RSS_TARGETS_GB.get((kind, r["size"]))
+        if goal:
+            out.append([f"`veca-deploy export` {r['config']} at {r['size']} px: peak RSS <= {goal:g} GB",
+                        f"{r['peak_rss_gb']} GB, {r['wall_s']:.0f} s wall", _yes(r["peak_rss_gb"] <= goal)])
+        ratio_goal = 1.5 if kind == "int8" else 2.0
+        if r.get("overhead_ratio"):
+            out.append([f"`veca-deploy export` {r['config']} at {r['size']} px: wall <= {ratio_goal:g}x the bare "
+                        "forward passes it needs", f"{r['overhead_ratio']}x ({r['wall_s']:.0f} s vs "
+                        f"{r['bare_forward_s']} s)", _yes(r["overhead_ratio"] <= ratio_goal)])
+    return out
 
 
 def scaling_table(sc: dict) -> str:
@@ -114,8 +141,8 @@ def deploy_table(ds: dict) -> str:
 
 
 def section(results: Path) -> str:
-    names = ("scaling", "deploy_speedup", "elastic_tiers", "toolchain_cost", "runtime_overhead", "soak", "profile_ops",
-             "throughput")
+    names = ("scaling", "deploy_speedup", "elastic_tiers", "toolchain_cost", "toolchain_cost_reference",
+             "runtime_overhead", "soak", "profile_ops", "throughput")
     r = {n: load(results, n) for n in names}
     have = {n: d for n, d in r.items() if d}
     if not have:
@@ -142,6 +169,14 @@ def section(results: Path) -> str:
                 "requests in flight vs batch-1 `Runtime.predict`)\n\n", throughput_markdown(r["throughput"]),
                 f"\n![throughput]({rel}/throughput.png)\n"]
     tc = r["toolchain_cost"]
+    if tc and tc.get("runs"):
+        out += ["\n**Toolchain cost at real resolution** (`benchmarks/toolchain_cost.py`: the real `veca-deploy export`, "
+                "one fresh process per row)\n\n",
+                cm.md_table(["config", "px", "rc", "wall s", "peak RSS GB", "bare forward s", "wall / bare"],
+                            [[x["config"], x["size"], x["rc"], x["wall_s"], x["peak_rss_gb"], x.get("bare_forward_s"),
+                              x.get("overhead_ratio")] for x in tc["runs"]]),
+                f"\nMachine: {tc['machine']} ({tc.get('finished', '')[:10]}).\n"]
+    tc = r["toolchain_cost_reference"] or (tc if tc and "export_wall_s" in tc else None)
     if tc:
         out.append(f"\n**Toolchain cost**: a full reference export (4 tiers, ONNX + OpenVINO, FP32/FP16/INT8 with "
                    f"calibration and accuracy gates, elastic graph) took **{tc['export_wall_s']:.0f} s** and "
