@@ -593,6 +593,27 @@ def test_device_runtime_splits_batches_above_the_engine_max(device_bundle):
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
+def test_device_streams_serve_requests_side_by_side(device_bundle):
+    """streams=2: two lanes (engine + context + CUDA stream each); submit from many threads gives
+    what predict gives, on every tier of the elastic engine."""
+    import concurrent.futures as cf
+
+    import veca_deploy
+
+    b, _ = device_bundle
+    x = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    with veca_deploy.Runtime.open(b, tiers=[8], backend="tensorrt", precisions=["fp16"], streams=2) as rt:
+        want = rt.predict(x)["logits"]
+        with cf.ThreadPoolExecutor(4) as ex:
+            futs = [f for fs in ex.map(lambda _: [rt.submit(x) for _ in range(8)], range(4)) for f in fs]
+        got = [f.result(timeout=120)["logits"] for f in futs]
+        runner = next(iter(rt._runners.values()))
+        assert runner.describe()["streams"] == 2 and len(got) == 32
+        assert all(np.allclose(g, want, atol=1e-3) for g in got)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_device_runner_refuses_an_engine_from_another_device(device_bundle, tmp_path):
     from veca_deploy.runtimes.trt import TensorRTRunner
 

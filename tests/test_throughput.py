@@ -190,10 +190,13 @@ def test_cancelled_future_and_adaptive_switch_under_submit(tiny_bundle, tmp_path
         assert f.done()
 
 
-def test_tensorrt_streams_refused_and_stream_checks():
-    with pytest.raises(BackendUnavailable, match="not supported for TensorRT yet"):
-        check_streams(2, "tensorrt")
-    assert check_streams(1, "tensorrt") == 1
+def test_stream_checks_and_backends_without_async_refused():
+    from veca_deploy.formats import BACKENDS as TABLE
+
+    assert check_streams(2, "tensorrt") == 2 and TABLE["tensorrt"].thread_safe  # lanes (runtimes/trt.py)
+    with pytest.raises(BackendUnavailable, match="not supported for someday-backend yet"):
+        check_streams(2, "someday-backend")
+    assert check_streams(1, "someday-backend") == 1
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(UsageError):
             check_streams(bad)

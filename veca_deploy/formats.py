@@ -53,7 +53,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("openvino", "openvino_rt", "OpenVINORunner", "openvino", "veca-deploy[openvino]",
             devices=("CPU", "GPU", "NPU"), parity_options={"inference_precision": "f32"},
             execution_variants=("f32", "bf16", "f16")),
-    Backend("tensorrt", "trt", "TensorRTRunner", "tensorrt", "veca-deploy[tensorrt]", devices=("GPU",)),
+    # thread-safe: its infer takes one of its lanes (``streams`` of them, one by default)
+    Backend("tensorrt", "trt", "TensorRTRunner", "tensorrt", "veca-deploy[tensorrt]", devices=("GPU",),
+            thread_safe=True),
 )}
 
 FORMATS: dict[str, Format] = {f.name: f for f in (

@@ -10,8 +10,10 @@ Each backend's own mechanism:
 - **ONNX Runtime**: K worker threads calling ``InferenceSession.run`` in parallel on the one
   session (``run`` is thread-safe; the runner gives each run ``max(1, threads // K)`` intra-op
   threads, so K x threads <= the cores).
-- **anything else** (TensorRT): one worker thread, serialized with the synchronous path by the
-  runner's lock; ``streams`` > 1 is refused (several execution contexts are not written yet).
+- **TensorRT**: K worker threads on a runner with K lanes (``streams=K``: one engine, execution
+  context, CUDA stream and buffer set each; ``infer`` takes a free lane), so K requests are on the
+  GPU at once. Written against the TensorRT 10 API; never run here (no GPU on the build machines).
+- **anything else**: one worker thread, serialized with the synchronous path by the runner's lock.
 
 ``close()`` drains (every queued feed still runs) or, with ``cancel=True``, cancels the queued
 feeds that have not started; running ones always finish. A closed pool refuses new work with a
@@ -38,7 +40,7 @@ from .timing import MAX_SAMPLES, PERCENTILES, Timing, check_outputs, peak_rss_mb
 
 Clock = Callable[[], float]
 #: backends with their own way of running several requests of one runner at once
-ASYNC_BACKENDS = ("onnxruntime", "openvino")
+ASYNC_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 
 def usable_cores() -> int:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,10 +104,173 @@ class _Binding:
     host_ptr: int = 0
 
 
+class _Lane:
+    """One request in flight: an engine, its execution context, a CUDA stream, events, device and
+    pinned buffers, the selected profile and captured graphs. TensorRT lets one optimization
+    profile serve only one execution context at a time, so every lane deserializes its own
+    engine (what ``trtexec --streams=N`` does): K lanes cost K x the engine's device memory."""
+
+    def __init__(self, runner: "TensorRTRunner") -> None:
+        self.r = runner
+        self.engine = self.context = self.stream = None
+        self.events: list[Any] = []
+        self.bindings: dict[str, _Binding] = {}
+        self.graphs: dict[tuple, Any] = {}
+        self.profile = -1
+
+    def open(self, plan: bytes, logger: Any) -> None:
+        r, cudart = self.r, self.r._cudart
+        self.engine = r._runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            built = r.sidecar.get("fingerprint", {}).get("tensorrt") or "an unrecorded version"
+            raise BundleError(f"{r.path.name}: TensorRT {r._trt.__version__} cannot deserialize it (built with "
+                              f"TensorRT {built}; {logger.last_error()}); {REBUILD_HINT}")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailable(f"{r.path.name}: cannot create an execution context ({logger.last_error()})")
+        self.stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.events = [cuda_check(cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(4)]
+
+    def allocate(self, cap: dict[str, int], dtypes: dict[str, np.dtype], pinned: bool) -> None:
+        cudart = self.r._cudart
+        for n, c in cap.items():
+            nbytes = max(1, c * dtypes[n].itemsize)
+            b = _Binding(n, n in self.r._inputs, dtypes[n], nbytes)
+            b.device = int(cuda_check(cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {n!r}"))
+            if pinned:
+                b.host_ptr = int(cuda_check(cudart.cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
+                raw = (ctypes.c_ubyte * nbytes).from_address(b.host_ptr)
+                b.host = np.frombuffer(raw, dtype=np.uint8)
+            self.bindings[n] = b
+
+    def release(self) -> None:
+        """Free in reverse order of creation; tolerate a half-finished lane."""
+        cudart = self.r._cudart
+        for g in self.graphs.values():
+            cudart.cudaGraphExecDestroy(g)
+        self.graphs = {}
+        for b in self.bindings.values():
+            b.host = None
+            if b.device:
+                cudart.cudaFree(b.device)
+            if b.host_ptr:
+                cudart.cudaFreeHost(b.host_ptr)
+        self.bindings = {}
+        for e in self.events:
+            cudart.cudaEventDestroy(e)
+        self.events = []
+        if self.stream is not None:
+            cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self.context = self.engine = None
+
+    def select_profile(self, p: int, force: bool = False) -> None:
+        r = self.r
+        if p == self.profile and not force:
+            return
+        # the bindings raise RuntimeError on failure (and return True); older docs say False: take both
+        try:
+            ok = self.context.set_optimization_profile_async(p, int(self.stream))
+        except RuntimeError as e:
+            ok, why = False, first_line(e, 200)
+        else:
+            why = trt_logger(r._trt).last_error()
+        if not ok:
+            raise BackendUnavailable(f"{r.path.name}: cannot select optimization profile {p} ({why})")
+        cuda_check(r._cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        for n, b in self.bindings.items():  # addresses are fixed; re-set after a profile switch
+            self.context.set_tensor_address(n, b.device)
+        self.profile = p
+
+    def infer(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        r = self.r
+        cudart, ctx, stream = r._cudart, self.context, self.stream
+        feed = {n: np.ascontiguousarray(feed[n], dtype=self.bindings[n].dtype) for n in r._inputs}
+        self.select_profile(r._profile_for(feed))
+        for n in r._inputs:
+            if not ctx.set_input_shape(n, feed[n].shape):
+                raise InputError(f"TensorRT rejected shape {list(feed[n].shape)} for input {n!r}")
+        key = (self.profile, *(feed[n].shape for n in r._inputs))
+        use_graph = bool(r.options.get("cuda_graph", False)) and r._graph_error is None
+        if use_graph and key not in self.graphs:
+            self.capture(key)
+            use_graph = key in self.graphs
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        e0, e1, e2, e3 = self.events
+        cuda_check(cudart.cudaEventRecord(e0, stream), "cudaEventRecord")
+        for n in r._inputs:
+            b, x = self.bindings[n], feed[n]
+            src = x.ctypes.data
+            if b.host is not None:
+                b.host[:x.nbytes] = x.reshape(-1).view(np.uint8)
+                src = b.host_ptr
+            cuda_check(cudart.cudaMemcpyAsync(b.device, src, x.nbytes, h2d, stream), f"copy {n!r} to the GPU")
+        cuda_check(cudart.cudaEventRecord(e1, stream), "cudaEventRecord")
+        if use_graph:
+            cuda_check(cudart.cudaGraphLaunch(self.graphs[key], stream), "cudaGraphLaunch")
+        elif not ctx.execute_async_v3(int(stream)):
+            raise BackendUnavailable(f"{r.path.name}: TensorRT execution failed ({trt_logger(r._trt).last_error()})")
+        cuda_check(cudart.cudaEventRecord(e2, stream), "cudaEventRecord")
+        outs: dict[str, np.ndarray] = {}
+        for n in r._outputs:
+            b = self.bindings[n]
+            out = np.empty(tuple(ctx.get_tensor_shape(n)), dtype=b.dtype)
+            dst = b.host_ptr if b.host is not None else out.ctypes.data
+            cuda_check(cudart.cudaMemcpyAsync(dst, b.device, out.nbytes, d2h, stream), f"copy {n!r} from the GPU")
+            outs[n] = out
+        cuda_check(cudart.cudaEventRecord(e3, stream), "cudaEventRecord")
+        cuda_check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        for n, out in outs.items():
+            b = self.bindings[n]
+            if b.host is not None:
+                out.reshape(-1).view(np.uint8)[:] = b.host[:out.nbytes]
+        ms = [float(cuda_check(cudart.cudaEventElapsedTime(a, z), "cudaEventElapsedTime"))
+              for a, z in ((e0, e1), (e1, e2), (e2, e3))]
+        return outs, {"h2d_ms": ms[0], "compute_ms": ms[1], "d2h_ms": ms[2], "copy_ms": ms[0] + ms[2],
+                      "total_ms": sum(ms), "cuda_graph": float(use_graph)}
+
+    def capture(self, key: tuple) -> None:
+        """Capture one ``execute_async_v3`` for the current profile and shapes. TensorRT must have
+        run once with these shapes before capture; engines whose kernels cannot be captured fall
+        back to plain execution, with the reason in ``describe()``."""
+        r = self.r
+        cudart, ctx, stream = r._cudart, self.context, self.stream
+        if not ctx.execute_async_v3(int(stream)):
+            raise BackendUnavailable(f"{r.path.name}: TensorRT execution failed ({trt_logger(r._trt).last_error()})")
+        cuda_check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+        ok = False
+        try:
+            ok = bool(ctx.execute_async_v3(int(stream)))
+        finally:
+            res = cudart.cudaStreamEndCapture(stream)
+        graph = res[1] if int(res[0]) == 0 else None
+        if not ok or graph is None:
+            r._graph_error = f"capture failed ({trt_logger(r._trt).last_error() if not ok else res[0]})"
+            if graph is not None:
+                cudart.cudaGraphDestroy(graph)
+            return
+        try:
+            try:
+                exe = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            except TypeError:  # older cuda-python: (graph, log buffer, size)
+                exe = cuda_check(cudart.cudaGraphInstantiate(graph, b"", 0), "cudaGraphInstantiate")
+            self.graphs[key] = exe[0] if isinstance(exe, tuple) else exe
+        except BackendUnavailable as e:
+            r._graph_error = str(e)
+        finally:
+            cudart.cudaGraphDestroy(graph)
+
+
 class TensorRTRunner(Runner):
     """Options: ``cuda_graph`` (False: capture ``execute_async_v3`` per profile/shape and replay),
     ``pinned`` (True: page-locked staging buffers for truly async copies), ``device`` (0),
-    ``verify_fingerprint`` (True; False only for debugging a mismatch)."""
+    ``verify_fingerprint`` (True; False only for debugging a mismatch), ``streams`` (1: requests
+    served at once, one :class:`_Lane` each: engine + execution context + CUDA stream + buffers).
+
+    Thread-safe: ``infer`` takes a free lane (waiting for one when all are busy), so K threads
+    (``runtimes/pool.py``) keep K requests on the GPU at once."""
 
     backend = "tensorrt"
 
@@ -125,11 +290,10 @@ class TensorRTRunner(Runner):
             if not ok:
                 raise BundleError(f"{self.path.name} does not fit this machine: {reason}; {REBUILD_HINT}")
         self.last_timings: dict[str, float] = {}
-        self._bindings: dict[str, _Binding] = {}
-        self._graphs: dict[tuple, Any] = {}
-        self._events: list[Any] = []
-        self._stream = None
+        self._lanes: list[_Lane] = []
+        self._free: queue.Queue = queue.Queue()
         self._graph_error: str | None = None
+        self._timing_lock = threading.Lock()
         try:
             self._setup(trt, cudart, device)
         except BaseException:
@@ -141,11 +305,11 @@ class TensorRTRunner(Runner):
                       "precision": self.sidecar.get("build", {}).get("precision"),
                       "profiles": len(self._ranges), "tiers": sorted(self._tier_profile) or None,
                       "cuda_graph": bool(self.options.get("cuda_graph", False)),
-                      "pinned": bool(self.options.get("pinned", True)), "power": jetson_power_state()}
+                      "pinned": bool(self.options.get("pinned", True)), "power": jetson_power_state(),
+                      "streams": len(self._lanes)}
 
     def _setup(self, trt: Any, cudart: Any, device: int) -> None:
         cuda_check(cudart.cudaSetDevice(device), "cudaSetDevice")
-        self._profile = -1
         logger = trt_logger(trt)
         logger.reset()
         self._runtime = start_trt(trt, "Runtime", logger, self._current)
@@ -153,17 +317,13 @@ class TensorRTRunner(Runner):
             plan = self.path.read_bytes()
         except OSError as e:
             raise BundleError(f"{self.path.name}: cannot read plan ({e.strerror})") from None
-        self._engine = self._runtime.deserialize_cuda_engine(plan)
-        if self._engine is None:
-            built = self.sidecar.get("fingerprint", {}).get("tensorrt") or "an unrecorded version"
-            raise BundleError(f"{self.path.name}: TensorRT {trt.__version__} cannot deserialize it (built with "
-                              f"TensorRT {built}; {logger.last_error()}); {REBUILD_HINT}")
-        self._context = self._engine.create_execution_context()
-        if self._context is None:
-            raise BackendUnavailable(f"{self.path.name}: cannot create an execution context ({logger.last_error()})")
-        self._stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._events = [cuda_check(cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(4)]
-        engine = self._engine
+        streams = int(self.options.get("streams") or 1)
+        if streams < 1:
+            raise BundleError(f"{self.path.name}: streams must be >= 1, got {streams}")
+        first = _Lane(self)
+        self._lanes.append(first)
+        first.open(plan, logger)
+        engine, context = first.engine, first.context
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
@@ -194,54 +354,41 @@ class TensorRTRunner(Runner):
         # capacity: max over profiles of each input's max shape and of the outputs it implies
         cap = {n: 0 for n in names}
         for p, rng in enumerate(self._ranges):
-            self._select_profile(p, force=True)
+            first.select_profile(p, force=True)
             for n in self._inputs:
                 hi = rng[n][1]
-                if not self._context.set_input_shape(n, hi):
+                if not context.set_input_shape(n, hi):
                     raise BundleError(f"{self.path.name}: profile {p} rejects its own max shape for {n!r}")
                 cap[n] = max(cap[n], int(np.prod(hi, dtype=np.int64)))
             for n in self._outputs:
-                shape = tuple(self._context.get_tensor_shape(n))
+                shape = tuple(context.get_tensor_shape(n))
                 if any(d < 0 for d in shape):
                     raise BundleError(f"{self.path.name}: output {n!r} has a data-dependent shape {shape}, unsupported")
                 cap[n] = max(cap[n], int(np.prod(shape, dtype=np.int64)))
         pinned = bool(self.options.get("pinned", True))
-        for n in names:
-            nbytes = max(1, cap[n] * dtypes[n].itemsize)
-            b = _Binding(n, n in self._inputs, dtypes[n], nbytes)
-            b.device = int(cuda_check(cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {n!r}"))
-            if pinned:
-                b.host_ptr = int(cuda_check(cudart.cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
-                raw = (ctypes.c_ubyte * nbytes).from_address(b.host_ptr)
-                b.host = np.frombuffer(raw, dtype=np.uint8)
-            self._bindings[n] = b
-        self._select_profile(0, force=True)
+        first.allocate(cap, dtypes, pinned)
+        first.select_profile(0, force=True)
+        for _ in range(streams - 1):
+            lane = _Lane(self)
+            self._lanes.append(lane)
+            lane.open(plan, logger)
+            lane.allocate(cap, dtypes, pinned)
+            lane.select_profile(0, force=True)
+        for lane in self._lanes:
+            self._free.put(lane)
 
     def _close(self) -> None:
         self._release()
 
     def _release(self) -> None:
-        """Free in reverse order of creation; tolerate a half-finished activation."""
-        cudart = getattr(self, "_cudart", None)
-        if cudart is None:
+        """Free every lane, then the runtime; tolerate a half-finished activation."""
+        if getattr(self, "_cudart", None) is None:
             return
-        for g in getattr(self, "_graphs", {}).values():
-            cudart.cudaGraphExecDestroy(g)
-        self._graphs = {}
-        for b in getattr(self, "_bindings", {}).values():
-            b.host = None
-            if b.device:
-                cudart.cudaFree(b.device)
-            if b.host_ptr:
-                cudart.cudaFreeHost(b.host_ptr)
-        self._bindings = {}
-        for e in getattr(self, "_events", []):
-            cudart.cudaEventDestroy(e)
-        self._events = []
-        if getattr(self, "_stream", None) is not None:
-            cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
-        self._context = self._engine = self._runtime = None
+        for lane in reversed(getattr(self, "_lanes", [])):
+            lane.release()
+        self._lanes = []
+        self._free = queue.Queue()
+        self._runtime = None
 
     # -------------------------------------------------------------- metadata
     def input_specs(self) -> list[TensorSpec]:
@@ -266,23 +413,6 @@ class TensorRTRunner(Runner):
         return desc
 
     # -------------------------------------------------------------- inference
-    def _select_profile(self, p: int, force: bool = False) -> None:
-        if p == self._profile and not force:
-            return
-        # the bindings raise RuntimeError on failure (and return True); older docs say False: take both
-        try:
-            ok = self._context.set_optimization_profile_async(p, int(self._stream))
-        except RuntimeError as e:
-            ok, why = False, first_line(e, 200)
-        else:
-            why = trt_logger(self._trt).last_error()
-        if not ok:
-            raise BackendUnavailable(f"{self.path.name}: cannot select optimization profile {p} ({why})")
-        cuda_check(self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        for n, b in self._bindings.items():  # addresses are fixed; re-set after a profile switch
-            self._context.set_tensor_address(n, b.device)
-        self._profile = p
-
     def _profile_for(self, feed: dict[str, np.ndarray]) -> int:
         for p, rng in enumerate(self._ranges):
             if all(_within(feed[n].shape, *rng[n]) for n in self._inputs):
@@ -296,83 +426,14 @@ class TensorRTRunner(Runner):
                          "rebuild with a larger --max-batch for bigger batches")
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart, ctx, stream = self._cudart, self._context, self._stream
-        feed = {n: np.ascontiguousarray(feed[n], dtype=self._bindings[n].dtype) for n in self._inputs}
-        self._select_profile(self._profile_for(feed))
-        for n in self._inputs:
-            if not ctx.set_input_shape(n, feed[n].shape):
-                raise InputError(f"TensorRT rejected shape {list(feed[n].shape)} for input {n!r}")
-        key = (self._profile, *(feed[n].shape for n in self._inputs))
-        use_graph = bool(self.options.get("cuda_graph", False)) and self._graph_error is None
-        if use_graph and key not in self._graphs:
-            self._capture(key)
-            use_graph = key in self._graphs
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        e0, e1, e2, e3 = self._events
-        cuda_check(cudart.cudaEventRecord(e0, stream), "cudaEventRecord")
-        for n in self._inputs:
-            b, x = self._bindings[n], feed[n]
-            src = x.ctypes.data
-            if b.host is not None:
-                b.host[:x.nbytes] = x.reshape(-1).view(np.uint8)
-                src = b.host_ptr
-            cuda_check(cudart.cudaMemcpyAsync(b.device, src, x.nbytes, h2d, stream), f"copy {n!r} to the GPU")
-        cuda_check(cudart.cudaEventRecord(e1, stream), "cudaEventRecord")
-        if use_graph:
-            cuda_check(cudart.cudaGraphLaunch(self._graphs[key], stream), "cudaGraphLaunch")
-        elif not ctx.execute_async_v3(int(stream)):
-            raise BackendUnavailable(f"{self.path.name}: TensorRT execution failed ({trt_logger(self._trt).last_error()})")
-        cuda_check(cudart.cudaEventRecord(e2, stream), "cudaEventRecord")
-        outs: dict[str, np.ndarray] = {}
-        for n in self._outputs:
-            b = self._bindings[n]
-            out = np.empty(tuple(ctx.get_tensor_shape(n)), dtype=b.dtype)
-            dst = b.host_ptr if b.host is not None else out.ctypes.data
-            cuda_check(cudart.cudaMemcpyAsync(dst, b.device, out.nbytes, d2h, stream), f"copy {n!r} from the GPU")
-            outs[n] = out
-        cuda_check(cudart.cudaEventRecord(e3, stream), "cudaEventRecord")
-        cuda_check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        for n, out in outs.items():
-            b = self._bindings[n]
-            if b.host is not None:
-                out.reshape(-1).view(np.uint8)[:] = b.host[:out.nbytes]
-        ms = [float(cuda_check(cudart.cudaEventElapsedTime(a, z), "cudaEventElapsedTime"))
-              for a, z in ((e0, e1), (e1, e2), (e2, e3))]
-        self.last_timings = {"h2d_ms": ms[0], "compute_ms": ms[1], "d2h_ms": ms[2], "copy_ms": ms[0] + ms[2],
-                             "total_ms": sum(ms), "cuda_graph": float(use_graph)}
+        lane = self._free.get()  # one request per lane; the others wait here
+        try:
+            outs, timings = lane.infer(feed)
+        finally:
+            self._free.put(lane)
+        with self._timing_lock:
+            self.last_timings = timings
         return outs
-
-    def _capture(self, key: tuple) -> None:
-        """Capture one ``execute_async_v3`` for the current profile and shapes. TensorRT must have
-        run once with these shapes before capture; engines whose kernels cannot be captured fall
-        back to plain execution, with the reason in ``describe()``."""
-        cudart, ctx, stream = self._cudart, self._context, self._stream
-        if not ctx.execute_async_v3(int(stream)):
-            raise BackendUnavailable(f"{self.path.name}: TensorRT execution failed ({trt_logger(self._trt).last_error()})")
-        cuda_check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        cuda_check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
-        ok = False
-        try:
-            ok = bool(ctx.execute_async_v3(int(stream)))
-        finally:
-            res = cudart.cudaStreamEndCapture(stream)
-        graph = res[1] if int(res[0]) == 0 else None
-        if not ok or graph is None:
-            self._graph_error = f"capture failed ({trt_logger(self._trt).last_error() if not ok else res[0]})"
-            if graph is not None:
-                cudart.cudaGraphDestroy(graph)
-            return
-        try:
-            try:
-                exe = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-            except TypeError:  # older cuda-python: (graph, log buffer, size)
-                exe = cuda_check(cudart.cudaGraphInstantiate(graph, b"", 0), "cudaGraphInstantiate")
-            self._graphs[key] = exe[0] if isinstance(exe, tuple) else exe
-        except BackendUnavailable as e:
-            self._graph_error = str(e)
-        finally:
-            cudart.cudaGraphDestroy(graph)
 
 
 def _within(shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]) -> bool:

@@ -371,7 +371,7 @@ class Runtime:
         self._pools: dict[tuple[str, str | None], InferPool] = {}
         self.workload = None  # the WorkloadSelection behind this Runtime (open with streams_needed/fps)
         for m in self._rungs:
-            check_streams(self._streams, m.cand.backend)  # TensorRT: one stream for now
+            check_streams(self._streams, m.cand.backend)
         if self._streams > 1:
             self._runner_extra = {**self._runner_extra, "streams": self._streams}
 
