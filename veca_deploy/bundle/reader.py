@@ -56,11 +56,13 @@ class Bundle:
         raise BundleError(f"{self.root}: no artifact {artifact_id!r}")
 
     def accuracy_of(self, art: Artifact, cores: int) -> float | None:
-        """Top-1 (or feature cosine) recorded for this artifact at ``cores``, if measured."""
+        """The metric (top-1, mIoU, ..., or feature cosine) recorded for this artifact at ``cores``,
+        if measured; ``accuracy["metric"]`` says which."""
         acc = art.accuracy or {}
         per_tier = acc.get("per_tier")
         if isinstance(per_tier, dict) and str(cores) in per_tier:
             return float(per_tier[str(cores)])
-        if "top1" in acc and not art.elastic:
-            return float(acc["top1"])
+        key = acc.get("metric", "top1")
+        if key in acc and key != "cosine" and not art.elastic:
+            return float(acc[key])
         return None

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InputError, QuantizationError
 from ..preprocess import Preprocess, resize_bilinear, to_hwc_batch
+from ..seg_data import SEG_SOURCE
 
 #: Images drawn by default, and the fewest accepted without ``force`` (ranges from fewer
 #: images are noisy: the tails that set activation scales are barely sampled).
@@ -293,6 +294,13 @@ def read_source(source: str | Path | np.ndarray, count: int, seed: int = DEFAULT
         x, info["indices_sha256"] = _sample_rows(raw, requested, rng)
         info.update(split=CALIB_SPLIT, eval_split=EVAL_SPLIT, identical_to_test_images=_test_duplicates(x))
         assert CALIB_SPLIT != EVAL_SPLIT  # calibration never sees the images accuracy is measured on
+    elif str(source) == SEG_SOURCE:
+        from ..seg_data import SegImages
+
+        x = SegImages(requested, CALIB_SPLIT, seed=seed)
+        kind, name = SEG_SOURCE, f"{SEG_SOURCE}:{CALIB_SPLIT}"
+        info.update(split=CALIB_SPLIT, eval_split=EVAL_SPLIT, size=x.sampler.size,
+                    made_by="veca_deploy.seg_data (Fashion-MNIST items on a canvas, seeded per sample)")
     elif str(source) == PHOTOS:
         from ..data import PhotoCrops
 

@@ -30,7 +30,9 @@ from ..errors import QuantizationError, UsageError
 from ..preprocess import Preprocess
 from ..compare.comparator import Target, default_batch, run_outputs
 from ..compare.records import pack_hits
+from ..metrics import MeanAbsError, MeanIoU, Metric, PerSample, Top1
 from ..runtimes import FORMAT_BACKEND, backend_available
+from ..seg_data import SEG_SOURCE
 
 #: Largest top-1 drop (points) of an FP16/INT8 artifact vs FP32 at the same tier, and the
 #: smallest mean feature cosine for backbone-only bundles.
@@ -41,6 +43,9 @@ DEFAULT_DATA = "fashion-mnist"
 #: bundle); ``veca-deploy eval`` uses the whole set.
 DEFAULT_GATE_SAMPLES = 2000
 COSINE_GATE_SAMPLES = 256
+#: held-out canvases of the built-in segmentation data per evaluation when no limit is given
+#: (mIoU from one confusion matrix over all 12.8 M pixels at 224 px)
+DEFAULT_SEG_SAMPLES = 256
 #: A mean feature cosine against a 0.99 floor is resolved by a few images (an FP16 backbone sits
 #: at ~0.9999 with a per-image spread ~1e-4; the golden-output gate, cosine >= 0.999 for FP16, has
 #: already run on real photos at the tier's size), so the held-out cosine gate takes at most this
@@ -63,6 +68,11 @@ class EvalData:
     labels: np.ndarray | None
     name: str
     raw: Any = field(default=None, repr=False)
+    #: per-pixel targets aligned with ``raw`` (class masks [N, H, W] or dense maps), indexed per
+    #: batch: an array, or a lazy sequence (``seg_data.SegImages.masks``) that makes them on demand
+    targets: Any = field(default=None, repr=False)
+    target_kind: str | None = None  # "masks" (class per pixel) or "maps" (values per pixel)
+    num_classes: int | None = None  # mask classes (background included)
 
     @property
     def samples(self) -> int:
@@ -77,14 +87,36 @@ def load_eval_data(data: str | os.PathLike | np.ndarray, pre: Preprocess, limit:
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, got {limit}")
     labels = None
+    extra: dict[str, Any] = {}
     if str(data) == DEFAULT_DATA and not isinstance(data, np.ndarray):
         from ..data import fashion_mnist
 
         raw, labels = fashion_mnist("test")
         name = "fashion-mnist:test"
+    elif str(data) == SEG_SOURCE and not isinstance(data, np.ndarray):
+        from ..seg_data import NUM_SEG_CLASSES, SegImages
+
+        raw = SegImages(limit or DEFAULT_SEG_SAMPLES, "test")
+        name = f"{SEG_SOURCE}:test"
+        extra = {"targets": raw.masks, "target_kind": "masks", "num_classes": NUM_SEG_CLASSES}
     elif not isinstance(data, np.ndarray) and Path(data).suffix.lower() == ".npz" and Path(data).is_file():
         z = np.load(Path(data), allow_pickle=False)
-        if "labels" in z and "images" in z:
+        if "images" in z and ("masks" in z or "maps" in z):
+            raw, name = z["images"], str(data)
+            kind = "masks" if "masks" in z else "maps"
+            targets = z[kind]
+            hw = raw.shape[2:4] if raw.ndim == 4 and raw.shape[1] in (1, 3) and raw.shape[3] not in (1, 3) \
+                else raw.shape[1:3]  # NCHW float images, else HWC / HW
+            if len(targets) != len(raw) or targets.shape[1:3] != hw:
+                raise UsageError(f"{data}: {kind} {list(targets.shape)} do not match images {list(raw.shape)} "
+                                 "(one [H, W] target per image, at the image's size)")
+            extra = {"targets": targets, "target_kind": kind}
+            if kind == "masks":
+                if not np.issubdtype(targets.dtype, np.integer):
+                    raise UsageError(f"{data}: masks must be integer class indices, got {targets.dtype}")
+                # without num_classes the confusion matrix grows with the classes seen (labels or predictions)
+                extra["num_classes"] = int(z["num_classes"]) if "num_classes" in z else None
+        elif "labels" in z and "images" in z:
             raw, labels, name = z["images"], z["labels"], str(data)
             if len(labels) != len(raw):
                 raise UsageError(f"{data}: {len(raw)} images but {len(labels)} labels")
@@ -92,12 +124,83 @@ def load_eval_data(data: str | os.PathLike | np.ndarray, pre: Preprocess, limit:
             raw, _, name, _ = read_source(data, count=limit or 10**9)
     else:
         raw, _, name, _ = read_source(data, count=limit or 10**9)
-    if limit is not None:
+    if limit is not None and str(data) != SEG_SOURCE:  # the built-in canvases are made n at a time already
         raw = raw[:limit]
         labels = labels[:limit] if labels is not None else None
+        if extra.get("targets") is not None:
+            extra["targets"] = extra["targets"][:limit]
     if len(raw) == 0:
         raise UsageError(f"evaluation data {name} is empty")
-    return EvalData(images={}, labels=None if labels is None else np.asarray(labels, np.int64), name=name, raw=raw)
+    return EvalData(images={}, labels=None if labels is None else np.asarray(labels, np.int64), name=name, raw=raw,
+                    **extra)
+
+
+def targets_at(data: EvalData, start: int, n: int, size: tuple[int, int], pre: Preprocess) -> np.ndarray | None:
+    """The targets of images ``start..start+n-1`` at the graph's input ``size``: labels as they are;
+    masks / maps resized with nearest neighbour by the same geometry as the images (a stretch, or a
+    square image to a square size), so a predicted pixel meets its own label."""
+    if data.target_kind is None:
+        return None if data.labels is None else data.labels[start:start + n]
+    t = np.asarray(data.targets[start:start + n])
+    if t.shape[1:3] == tuple(size):
+        return t
+    h, w = t.shape[1:3]
+    square = h == w and size[0] == size[1] and float(getattr(pre, "crop_pct", 1.0) or 1.0) >= 1.0
+    if getattr(pre, "resize_mode", "stretch") != "stretch" and not square:
+        raise UsageError(f"{data.name}: {h}x{w} targets cannot follow the {pre.resize_mode} resize to "
+                         f"{size[0]}x{size[1]}; give targets at the graph's size or use --resize-mode stretch")
+    rows = np.minimum((np.arange(size[0]) * h) // size[0], h - 1)
+    cols = np.minimum((np.arange(size[1]) * w) // size[1], w - 1)
+    return t[:, rows][:, :, cols]
+
+
+#: metric names ``evaluate(metric=...)`` / ``--metric`` accept (or a callable, see :func:`metric_for`)
+METRICS = ("top1", "miou", "mae", "cosine")
+
+
+def dense_output(manifest: Manifest, art: Artifact, kinds: Sequence[str]) -> str | None:
+    """The first of ``art``'s outputs whose recorded kind (``model.output_specs``) is in ``kinds``,
+    preferring the order of ``kinds``."""
+    specs = (manifest.model or {}).get("output_specs") or {}
+    for kind in kinds:
+        for name in art.outputs:
+            if (specs.get(name) or {}).get("kind") == kind:
+                return name
+    return None
+
+
+def metric_for(manifest: Manifest, art: Artifact, data: EvalData, metric: Any = None) -> Callable[[], Metric] | None:
+    """A factory of the task metric for ``art`` on ``data`` (a fresh accumulator per tier), or None
+    for the feature-cosine fallback. ``metric``: None (from the outputs and the data: mIoU for a
+    mask output on masks, MAE for a dense output on maps, top-1 for logits on labels), a name in
+    :data:`METRICS`, a :class:`~veca_deploy.metrics.Metric` instance (copied per tier) or a callable
+    ``fn(outputs, targets) -> per-sample scores`` (higher is better, mean over the set)."""
+    import copy
+
+    if isinstance(metric, Metric):
+        return lambda: copy.deepcopy(metric)
+    if callable(metric):
+        return lambda: PerSample(metric)
+    if metric is not None and metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)} or pass a callable")
+    if metric == "cosine":
+        return None
+    if data.target_kind == "masks" and metric in (None, "miou"):
+        out = dense_output(manifest, art, ("mask", "mask_logits", "mask_probs"))
+        if out is not None:
+            k = data.num_classes
+            return lambda: MeanIoU(k, out)
+    if data.target_kind == "maps" and metric in (None, "mae"):
+        out = dense_output(manifest, art, ("dense",))
+        if out is not None:
+            return lambda: MeanAbsError(out)
+    if data.labels is not None and "logits" in art.outputs and metric in (None, "top1"):
+        return lambda: Top1("logits")
+    if metric is not None:
+        raise UsageError(f"metric {metric} needs {'masks' if metric == 'miou' else 'labels' if metric == 'top1' else 'maps'}"
+                         f" in the evaluation data and a matching output; {art.id} has {', '.join(art.outputs)} and "
+                         f"{data.name} has {data.target_kind or ('labels' if data.labels is not None else 'no targets')}")
+    return None
 
 
 def images_at(data: EvalData, pre: Preprocess, size: tuple[int, int]) -> np.ndarray:
@@ -169,18 +272,19 @@ def _artifact_batches(runner, art: Artifact, data: EvalData, pre: Preprocess, co
 
 
 def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preprocess, manifest: Manifest,
-            progress: Callable[..., None] | None = None) -> dict[str, dict[str, Any]]:
+            progress: Callable[..., None] | None = None, metric: Any = None) -> dict[str, dict[str, Any]]:
     """Accuracy record (the manifest's ``accuracy`` dict) for each artifact id.
 
-    Top-1 when the graphs have ``logits`` and ``data`` has labels; else the mean cosine of each
-    output against the FP32 ONNX graph (ONNX Runtime) at the same tier and size.
+    The task metric of :func:`metric_for` (top-1, mIoU, MAE or the user's ``metric``) when the
+    outputs and the data allow one; else the mean cosine of each output against the FP32 ONNX
+    graph (ONNX Runtime) at the same tier and size.
     """
     report = progress or (lambda *a, **k: None)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="veca-eval-") as tmp:
         spills: dict[tuple[int, int, int], _Spill] = {}
         for art in arts:
-            rec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp))
+            rec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric)
             if rec is not None:
                 results[art.id] = rec
     return results
@@ -188,27 +292,31 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
 
 def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,
                  report: Callable[..., None], spills: dict[tuple[int, int, int], "_Spill"],
-                 tmp: Path) -> dict[str, Any] | None:
+                 tmp: Path, user_metric: Any = None) -> dict[str, Any] | None:
     backend = FORMAT_BACKEND[art.format]
     if not backend_available(backend):
         return None
     per_tier: dict[str, float] = {}
     records: dict[str, str] = {}  # tier -> per-image correctness (pack_hits)
-    metric = "top1" if ("logits" in art.outputs and data.labels is not None) else "cosine"
-    if metric == "cosine" and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
+    factory = metric_for(manifest, art, data, user_metric)
+    metric, lower_better = "cosine", False
+    if factory is None and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
                                   for c in art.tiers):
         # the graph every other artifact's features are compared with: nothing to measure
         return {"dataset": data.name, "samples": 0, "backend": backend, "metric": "cosine", "reference": True}
     with Target.of(root, art, None, backend).runner() as runner:
         for c in art.tiers:
             report(f"eval {art.id} c={c}", advance=0)
-            if metric == "top1":
-                hits = np.zeros(data.samples, dtype=bool)
+            if factory is not None:
+                m = factory()
+                metric, lower_better = m.name, not m.higher_is_better
                 for start, out in _artifact_batches(runner, art, data, pre, c):
-                    labels = data.labels[start:start + len(out["logits"])]
-                    hits[start:start + len(labels)] = out["logits"].argmax(-1) == labels
-                per_tier[str(c)] = float(hits.mean())
-                records[str(c)] = pack_hits(hits)
+                    n = len(next(iter(out.values())))
+                    m.update(out, targets_at(data, start, n, art.size, pre))
+                per_tier[str(c)] = float(m.value())
+                hits = m.hits()
+                if hits is not None:
+                    records[str(c)] = pack_hits(hits)
                 continue
             key = (c, *art.size)
             ref = _fp32_onnx(manifest, c, art.size)
@@ -234,7 +342,7 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
                         cos.setdefault(k, []).append(cosines(out[k], v))
             per_tier[str(c)] = min(float(np.mean(np.concatenate(v))) for v in cos.values())
     rec: dict[str, Any] = {"dataset": data.name, "samples": data.samples, "backend": backend,
-                           "metric": metric}
+                           "metric": metric, **({"higher_is_better": False} if lower_better else {})}
     if records:  # per-image results: the selector compares two candidates on the same images (paired)
         rec["sample_id"] = sample_id(data)
         rec["correct"] = records
@@ -243,7 +351,7 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
     if art.elastic:
         rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}
     else:
-        rec["top1" if metric == "top1" else "cosine"] = round(next(iter(per_tier.values())), 6)
+        rec[metric] = round(next(iter(per_tier.values())), 6)
     return rec
 
 
@@ -266,7 +374,8 @@ def _fp32_onnx(manifest: Manifest, cores: int, size: tuple[int, int]) -> Artifac
 def tier_values(rec: dict[str, Any]) -> dict[str, float]:
     if "per_tier" in rec:
         return {k: float(v) for k, v in rec["per_tier"].items()}
-    return {"_": float(rec["top1"] if "top1" in rec else rec["cosine"])}
+    key = rec.get("metric") if rec.get("metric") in rec else ("top1" if "top1" in rec else "cosine")
+    return {"_": float(rec[key])}
 
 
 def gate(manifest: Manifest, results: dict[str, dict[str, Any]], allow_drop: float | None = None,
@@ -293,15 +402,26 @@ def gate(manifest: Manifest, results: dict[str, dict[str, Any]], allow_drop: flo
                 if got < floor:
                     failures.append(f"{aid} c={c}: feature cosine {got:.4f} < {floor:.4f}")
                 continue
-            ref = _reference_top1(manifest, results, art, c)
+            ref = _reference_value(manifest, results, art, c, rec["metric"])
             if ref is None:
                 failures.append(f"{aid} c={c}: no FP32 result at this tier to compare with")
                 continue
-            drop = (ref - got) * 100.0
-            if drop > limit + 1e-9:
-                failures.append(f"{aid} c={c}: top-1 {got * 100:.2f}% vs FP32 {ref * 100:.2f}% "
-                                f"(-{drop:.2f} points > {limit:g} allowed)")
+            name = METRIC_LABELS.get(rec["metric"], rec["metric"])
+            if rec.get("higher_is_better", True):
+                drop = (ref - got) * 100.0
+                if drop > limit + 1e-9:
+                    failures.append(f"{aid} c={c}: {name} {got * 100:.2f}% vs FP32 {ref * 100:.2f}% "
+                                    f"(-{drop:.2f} points > {limit:g} allowed)")
+            else:  # an error (MAE): the rise relative to FP32, in percent
+                rise = (got - ref) / max(abs(ref), 1e-12) * 100.0
+                if rise > limit + 1e-9:
+                    failures.append(f"{aid} c={c}: {name} {got:.5g} vs FP32 {ref:.5g} "
+                                    f"(+{rise:.2f}% > {limit:g}% allowed)")
     return failures
+
+
+#: how reports name a metric
+METRIC_LABELS = {"top1": "top-1", "miou": "mIoU", "mae": "MAE", "cosine": "feature cosine"}
 
 
 def reference_for(manifest: Manifest, art: Artifact, c: int) -> Artifact | None:
@@ -312,12 +432,15 @@ def reference_for(manifest: Manifest, art: Artifact, c: int) -> Artifact | None:
     return cands[0] if cands else None
 
 
-def references(manifest: Manifest, arts: Sequence[Artifact]) -> list[Artifact]:
-    """FP32 artifacts needed to gate ``arts`` by top-1 (not measured already in ``arts``)."""
+def references(manifest: Manifest, arts: Sequence[Artifact], data: EvalData | None = None,
+               metric: Any = None) -> list[Artifact]:
+    """FP32 artifacts needed to gate ``arts`` by their task metric (not measured already in
+    ``arts``); without ``data``, by top-1 (a ``logits`` output)."""
     ids = {a.id for a in arts}
     out: dict[str, Artifact] = {}
     for a in arts:
-        if a.precision == "fp32" or "logits" not in a.outputs:
+        task = metric_for(manifest, a, data, metric) is not None if data is not None else "logits" in a.outputs
+        if a.precision == "fp32" or not task:
             continue
         for c in a.tiers:
             ref = reference_for(manifest, a, c)
@@ -326,10 +449,10 @@ def references(manifest: Manifest, arts: Sequence[Artifact]) -> list[Artifact]:
     return list(out.values())
 
 
-def _reference_top1(manifest: Manifest, results: dict, art: Artifact, c: int) -> float | None:
+def _reference_value(manifest: Manifest, results: dict, art: Artifact, c: int, metric: str) -> float | None:
     ref = reference_for(manifest, art, c)
     rec = results.get(ref.id) if ref is not None else None
-    if not rec or rec.get("metric") != "top1":
+    if not rec or rec.get("metric") != metric:
         return None
     v = tier_values(rec)
     return v.get(str(c), v.get("_"))
@@ -338,8 +461,12 @@ def _reference_top1(manifest: Manifest, results: dict, art: Artifact, c: int) ->
 def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray = DEFAULT_DATA,
              limit: int | None = None, backends: Sequence[str] | None = None, *, allow_drop: float | None = None,
              json_out: str | os.PathLike | None = None, write: bool = True, gate_results: bool = True,
-             progress: Callable[..., None] | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Measure every artifact of a bundle (top-1 or feature cosine per tier x precision x backend).
+             progress: Callable[..., None] | None = None, overwrite: bool = False,
+             metric: Any = None) -> dict[str, Any]:
+    """Measure every artifact of a bundle (its task metric, or feature cosine, per tier x precision
+    x backend). ``metric``: see :func:`metric_for` (default: from the outputs and the data).
+    ``data`` ``fashion-mnist`` (the default) means the model's own held-out data when its manifest
+    names one (``model.eval_data``: the segmentation reference model's canvases).
 
     Writes each ``artifact.accuracy`` into the manifest atomically (``write``), saves the JSON
     report (``json_out``) and raises :class:`QuantizationError` listing FP16/INT8 artifacts more
@@ -367,10 +494,10 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     for a in arts:
         bundle.path_of(a)  # verify hashes before trusting any number
     pre = bundle.preprocess
-    ev = load_eval_data(data, pre, limit)
+    ev = load_eval_data(model_eval_data(bundle.manifest, data), pre, limit)
     # FP32 references are always measured on the same images, so drops compare like with like
-    refs = [a for a in references(bundle.manifest, arts) if backend_available(FORMAT_BACKEND[a.format])]
-    results = measure_accuracy(bundle.root, refs + arts, ev, pre, bundle.manifest, progress)
+    refs = [a for a in references(bundle.manifest, arts, ev, metric) if backend_available(FORMAT_BACKEND[a.format])]
+    results = measure_accuracy(bundle.root, refs + arts, ev, pre, bundle.manifest, progress, metric)
     failures = gate(bundle.manifest, results, allow_drop)
     kept: list[dict[str, Any]] = []
     if write:
@@ -403,6 +530,15 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
                                 + (f" (+{len(failures) - 6} more)" if len(failures) > 6 else "")
                                 + " (numbers recorded; --allow-drop X accepts a larger drop)")
     return report
+
+
+def model_eval_data(manifest: Manifest, data: Any) -> Any:
+    """``data``, except that the default (``fashion-mnist``) becomes the model's own held-out data
+    when the manifest names one (``model.eval_data``, e.g. ``seg-fashion-mnist``)."""
+    own = (manifest.model or {}).get("eval_data")
+    if isinstance(own, str) and not isinstance(data, np.ndarray) and str(data) == DEFAULT_DATA:
+        return own
+    return data
 
 
 def _samples(rec: dict[str, Any] | None) -> int:

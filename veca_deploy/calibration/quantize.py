@@ -24,7 +24,9 @@ from ..errors import QuantizationError, UsageError
 from ..formats import EXPORT_FORMATS, EXPORT_PRECISIONS
 from ..preprocess import Preprocess
 from .data import CalibrationSet, load_calibration
-from .evaluate import DEFAULT_DATA, DEFAULT_GATE_SAMPLES, cosine_gate_samples, gate, load_eval_data, measure_accuracy, references
+from ..seg_data import SEG_SOURCE
+from .evaluate import (DEFAULT_DATA, DEFAULT_GATE_SAMPLES, DEFAULT_SEG_SAMPLES, cosine_gate_samples, gate,
+                       load_eval_data, measure_accuracy, metric_for, model_eval_data, references)
 from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
@@ -56,6 +58,9 @@ class QuantizePlan:
     #: what ``--target`` chose and why (:func:`veca_deploy.calibration.target.int8_choice`); None: no
     #: target given (the Python API's default: S8S8 unless ``int8_scheme`` says otherwise)
     target: dict[str, Any] | None = None
+    #: the accuracy gate's task metric (a name, a Metric or a callable; None: from outputs and data,
+    #: see :func:`veca_deploy.calibration.evaluate.metric_for`)
+    metric: Any = None
 
     @classmethod
     def from_options(cls, *, precisions: Sequence[str] = ("int8",), formats: Sequence[str] | None = None,
@@ -64,7 +69,8 @@ class QuantizePlan:
                      nncf_recipe: NncfRecipe | None = None, fp16_recipe: Fp16Recipe | None = None,
                      tiers: Sequence[int] | None = None, eval_data: Any = DEFAULT_DATA,
                      eval_limit: int | None = DEFAULT_GATE_SAMPLES, allow_drop: float | None = None,
-                     cache_dir: str | None = None, target: str | os.PathLike | None = None) -> "QuantizePlan":
+                     cache_dir: str | None = None, target: str | os.PathLike | None = None,
+                     metric: Any = None) -> "QuantizePlan":
         """Build and check a plan from the API's keyword options (``method``/``int8_scheme``
         are applied to the ONNX Runtime recipe). ``target`` (a name such as ``amx`` or
         ``tensorrt``, ``host``, or a device profile JSON) picks the ONNX INT8 scheme that is fast
@@ -91,7 +97,7 @@ class QuantizePlan:
                    recipe=ort_recipe(method, int8_scheme, base=recipe), nncf_recipe=nncf_recipe or NncfRecipe(),
                    fp16_recipe=fp16_recipe or Fp16Recipe(), tiers=tuple(tiers) if tiers else None,
                    eval_data=eval_data, eval_limit=eval_limit, allow_drop=allow_drop, cache_dir=cache_dir,
-                   target=choice if "int8" in precs else None)
+                   target=choice if "int8" in precs else None, metric=metric)
 
 
 def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
@@ -150,20 +156,25 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
         manifest.add(art)
 
     evaluation: dict[str, Any] = {"skipped": "eval_data=None"}
-    if eval_data is not None and str(eval_data) == DEFAULT_DATA and not fashion_mnist_available():
+    if eval_data is not None:
+        eval_data = model_eval_data(manifest, eval_data)
+    if eval_data is not None and str(eval_data) in (DEFAULT_DATA, SEG_SOURCE) and not fashion_mnist_available():
         eval_data, evaluation = None, {"skipped": "Fashion-MNIST not installed"}
     if eval_data is not None:
         report("accuracy gate", advance=0)
-        if eval_limit == DEFAULT_GATE_SAMPLES and not any("logits" in a.outputs for a in added):
-            # feature cosine is resolved by few images: sized from the largest resolution added
-            eval_limit = min(cosine_gate_samples(a.height, a.width) for a in added)
+        if eval_limit == DEFAULT_GATE_SAMPLES and str(eval_data) == SEG_SOURCE:
+            eval_limit = DEFAULT_SEG_SAMPLES
         ev = load_eval_data(eval_data, pre, eval_limit)
+        if eval_limit == DEFAULT_GATE_SAMPLES and plan.metric is None and \
+                not any(metric_for(manifest, a, ev) is not None for a in added):
+            # feature cosine is resolved by few images: sized from the largest resolution added
+            ev = load_eval_data(eval_data, pre, min(cosine_gate_samples(a.height, a.width) for a in added))
         ids = {a.id for a in added}
-        refs = references(manifest, added)
+        refs = references(manifest, added, ev, plan.metric)
         passes = sum(len(a.tiers) for a in refs + added) * ev.samples
         report(f"accuracy gate: {len(refs + added)} artifact(s) on {ev.samples} held-out images "
                f"(~{passes} forward passes)", advance=0)
-        results = measure_accuracy(stage, refs + added, ev, pre, manifest, report)
+        results = measure_accuracy(stage, refs + added, ev, pre, manifest, report, plan.metric)
         problems = gate(manifest, results, allow_drop, ids=ids)
         if problems:
             raise QuantizationError("accuracy gate failed, nothing added: " + "; ".join(problems[:6])
@@ -173,13 +184,15 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
             if a.id in results:
                 a.accuracy = {**results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
                                                   and a.id in ids else {})}
-        evaluation = {"dataset": ev.name, "samples": ev.samples, "max_drop_points": allow_drop if allow_drop
+        evaluation = {"dataset": ev.name, "samples": ev.samples,
+                      "metrics": sorted({str(r.get("metric")) for r in results.values()}),
+                      "max_drop_points": allow_drop if allow_drop
                       is not None else 1.0}
     calib_rec = dict(manifest.calibration)
     if cals:
         first = next(iter(cals.values()))
         calib_rec.update({**first.record(), "sizes": {f"{h}x{w}": c.digest for (h, w), c in cals.items()}})
-        if first.kind == "fashion-mnist":
+        if first.kind in ("fashion-mnist", SEG_SOURCE):
             calib_rec["disjoint_from_eval"] = True  # TRAIN split only; accuracy uses TEST
     calib_rec.update({"precisions": sorted(set(calib_rec.get("precisions", [])) | set(precisions)),
                       "recipes": {**calib_rec.get("recipes", {}),

@@ -57,20 +57,27 @@ def format_accuracy(record: dict | None) -> str:
     rec = record or {}
     n = rec.get("samples") if isinstance(rec.get("samples"), int) else None
     cosine = rec.get("metric") == "cosine" or "cosine" in rec
+    key = "cosine" if cosine else str(rec.get("metric", "top1"))
     if rec.get("reference"):
         return "reference"
 
     def one(v) -> str:
-        v = v.get("cosine" if cosine else "top1") if isinstance(v, dict) else v
+        v = v.get(key) if isinstance(v, dict) else v
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return "-"
-        return f"cos {v:.5f}" if cosine else format_top1(v)
+        if cosine:
+            return f"cos {v:.5f}"
+        if key == "top1":
+            return format_top1(v)
+        if rec.get("higher_is_better", True) is not True:
+            return f"{key} {v:.5g}"
+        return f"{'mIoU' if key == 'miou' else key} {format_top1(v)}"
 
     per_tier = rec.get("per_tier")
     if isinstance(per_tier, dict) and per_tier:
         text = ", ".join(f"c{c} {one(v)}" for c, v in per_tier.items())
-    elif "cosine" in rec or "top1" in rec:
-        text = one(rec.get("cosine" if cosine else "top1"))
+    elif key in rec:
+        text = one(rec.get(key))
     else:
         return "-"
     return text + (f" (n={n})" if n else "")

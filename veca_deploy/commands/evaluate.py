@@ -1,4 +1,5 @@
-"""``veca-deploy eval``: top-1 (or feature cosine) per tier x precision x backend, into the manifest."""
+"""``veca-deploy eval``: the task metric (top-1, mIoU, MAE) or feature cosine per tier x precision x
+backend, into the manifest."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ from .common import console, format_top1, out, parse_list, progress_reporter
 @click.command("eval")
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 @click.option("--data", default="fashion-mnist", show_default=True,
-              help="fashion-mnist (TEST split), a labelled .npz (images, labels), or unlabelled images (cosine).")
+              help="fashion-mnist (TEST split; a model with its own held-out data, such as veca_tiny_seg, uses "
+                   "that), seg-fashion-mnist, a labelled .npz (images + labels, masks or maps), or unlabelled "
+                   "images (cosine).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 @click.option("--limit", type=int, default=None,
               help="Use only the first N images (default: all). A manifest record measured on more images "
                    "is kept, not replaced (see --overwrite).")
 @click.option("--backend", "backends", default=None, help="Only these backends, comma-separated.")
-@click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
+@click.option("--metric", type=click.Choice(["top1", "miou", "mae", "cosine"]), default=None,
+              help="Task metric of the gate (default: from the outputs and the data).")
+@click.option("--allow-drop", type=float, default=None,
+              help="Accept a drop up to X points (top-1, mIoU) or an error rise up to X %% (MAE) vs FP32 (recorded).")
 @click.option("--no-write", is_flag=True, help="Do not record the accuracy in the manifest.")
 @click.option("--overwrite", is_flag=True,
               help="Record this run's numbers even where the manifest holds a measurement on more images.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, overwrite, quiet) -> None:
+def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, no_write, overwrite, quiet) -> None:
     """Measure every artifact of BUNDLE_DIR on held-out data; fail if FP16/INT8 falls > 1 point below FP32.
 
     The numbers are recorded in the manifest, where select compares them. An artifact whose
@@ -32,13 +38,13 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, o
     """
     from rich.table import Table
 
-    from ..calibration.evaluate import evaluate
+    from ..calibration.evaluate import METRIC_LABELS, evaluate
     from ..errors import QuantizationError
 
     with progress_reporter(not quiet) as rep:
         report = evaluate(bundle_dir, data=data, limit=limit, backends=parse_list(backends), allow_drop=allow_drop,
                           json_out=json_out, write=not no_write, gate_results=False, progress=rep,
-                          overwrite=overwrite)
+                          overwrite=overwrite, metric=metric)
     kept = report.get("kept") or []
     if kept:
         sizes = sorted({k["recorded_samples"] for k in kept})
@@ -52,21 +58,22 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, o
         if r.get("reference"):  # the FP32 graph the others' features are compared with
             vals = {str(c): None for c in r.get("tiers", [r["cores"]])}
         else:
-            vals = r.get("per_tier") or {str(r["cores"]): r.get("top1", r.get("cosine"))}
+            vals = r.get("per_tier") or {str(r["cores"]): r.get(r.get("metric", "top1"))}
         kind = "elastic" if r["elastic"] else "per-tier"
         key = (f"{r['precision']} {kind}", r["backend"])
         for c, v in vals.items():
             rows.setdefault(key, {})[c] = v
             tiers.add(int(c))
-    metric = report["results"][0]["metric"] if report["results"] else "top1"
-    t = Table(title=f"{metric} on {report['dataset']} (n={report['samples']})")
+    metric = next((r["metric"] for r in report["results"] if not r.get("reference")), "top1")
+    label = METRIC_LABELS.get(metric, metric)
+    t = Table(title=f"{label} on {report['dataset']} (n={report['samples']})")
     t.add_column("precision")
     t.add_column("backend")
     for c in sorted(tiers):
         t.add_column(f"c={c}", justify="right")
     for (prec, backend), vals in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        fmt = (lambda v: "reference" if v is None else format_top1(v)) if metric == "top1" else \
-            (lambda v: "reference" if v is None else f"{v:.5f}")
+        fmt = (lambda v: "reference" if v is None else format_top1(v)) if metric not in ("cosine", "mae") else \
+            (lambda v: "reference" if v is None else f"{v:.5g}")
         t.add_row(prec, backend, *[fmt(vals[str(c)]) if str(c) in vals else "-" for c in sorted(tiers)])
     out.print(t)
     fails = report["gate"]["failures"]
@@ -74,6 +81,11 @@ def command(bundle_dir, data, json_out, limit, backends, allow_drop, no_write, o
         raise QuantizationError("accuracy gate failed: " + "; ".join(fails[:6])
                                 + (f" (+{len(fails) - 6} more)" if len(fails) > 6 else "")
                                 + " (numbers recorded; --allow-drop X accepts a larger drop)")
-    out.print("[green]gate passed[/green]: every FP16/INT8 artifact within "
-              f"{report['gate']['max_drop_points']:g} point(s) of FP32" if metric == "top1" else
-              f"[green]gate passed[/green]: feature cosine >= {report['gate']['min_feature_cosine']}")
+    if metric == "cosine":
+        out.print(f"[green]gate passed[/green]: feature cosine >= {report['gate']['min_feature_cosine']}")
+    elif metric == "mae":
+        out.print(f"[green]gate passed[/green]: every FP16/INT8 artifact's {label} within "
+                  f"{report['gate']['max_drop_points']:g} % of FP32")
+    else:
+        out.print(f"[green]gate passed[/green]: every FP16/INT8 artifact within "
+                  f"{report['gate']['max_drop_points']:g} point(s) of FP32 {label}")

@@ -14,7 +14,8 @@ from .common import (console, int8_scheme_option, parse_int_list, parse_list, pa
 @click.option("--image-size", "image_sizes", multiple=True, help="N or HxW; repeat for several sizes.")
 @click.option("--formats", default="onnx,openvino", show_default=True, help="onnx, openvino.")
 @click.option("--precision", "precisions", default="fp32,fp16", show_default=True, help="fp32, fp16, int8.")
-@click.option("--calib", help="Calibration data for int8: a folder of images, a .npy/.npz, or fashion-mnist.")
+@click.option("--calib", help="Calibration data for int8: a folder of images, a .npy/.npz, fashion-mnist, photos or "
+              "seg-fashion-mnist (segmentation canvases).")
 @click.option("--calib-size", type=int, default=None, help="Calibration images (default 512).")
 @int8_scheme_option
 @target_option
@@ -35,13 +36,23 @@ from .common import (console, int8_scheme_option, parse_int_list, parse_list, pa
               help="Model config of a checkpoint that carries none (a bare state_dict, safetensors without "
                    "config.json): a registry name (veca_small, ...) or a JSON file of config fields. A "
                    "checkpoint's own config wins.")
+@click.option("--model-factory", "model_factory", default=None, metavar="MODULE:FUNCTION",
+              help="Export your own task model: FUNCTION in MODULE (a .py file or an importable module) returns "
+                   "an nn.Module with forward(images, cores=C) and a VECA backbone inside.")
+@click.option("--checkpoint", default=None, type=click.Path(), help="With --model-factory: weights (safetensors, "
+              "or a torch file read with weights_only=True) loaded into the module's state_dict.")
+@click.option("--output-names", default=None, help="Task models (--model-factory, or a SOURCE with a head such as "
+              "veca_tiny_seg): names of a tensor/tuple's outputs.")
+@click.option("--postprocess", default=None, help="Task models: argmax and/or softmax of the dense mask_logits "
+              "output, inside the graph (argmax: the application gets an integer mask).")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--allow-small-calib", is_flag=True, help="Accept fewer than 300 calibration images (recorded).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, target, allow_drop, resize_mode, crop_pct,
             no_antialias, batch, opset, exporter,
-            simplifier, elastic, random_weights, config, out, allow_small_calib, force, quiet):
+            simplifier, elastic, random_weights, config, model_factory, checkpoint, output_names, postprocess, out,
+            allow_small_calib, force, quiet):
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
     from ..errors import UsageError
@@ -52,6 +63,19 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             batch = int(batch)
         except ValueError:
             raise UsageError(f"--batch must be 'dynamic' or an integer, got {batch!r}") from None
+    task_kw = {}
+    if model_factory is not None:
+        from ..export.task_export import load_factory
+
+        if source:
+            raise UsageError("give either SOURCE or --model-factory, not both")
+        source = load_factory(model_factory, checkpoint)
+        task_kw = {"source_info": {"name": model_factory.rpartition(":")[2], "source": f"factory:{model_factory}",
+                                   **({"checkpoint": str(checkpoint)} if checkpoint else {})}}
+    elif checkpoint:
+        raise UsageError("--checkpoint needs --model-factory (a checkpoint of the model itself is SOURCE)")
+    if output_names or postprocess:  # the pipeline refuses them for a SOURCE without a head
+        task_kw.update(output_names=parse_list(output_names) or None, postprocess=parse_list(postprocess) or None)
     calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme, "target": target}
     if calib_size is not None:
         calib_options["count"] = calib_size
@@ -66,7 +90,7 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
             force=force, random_weights=random_weights, calib=calib, calib_options=calib_options,
             progress=report, preprocess={"resize_mode": resize_mode, "crop_pct": crop_pct,
                                          "antialias": not no_antialias},
-            config=config)
+            config=config, **task_kw)
     if config is not None and (manifest.model or {}).get("config_from") == "checkpoint":
         console.print(f"note: {source} carries its own model config; --config {config} was not used",
                       highlight=False, soft_wrap=True)

@@ -12,7 +12,8 @@ from .common import (format_accuracy, int8_scheme_option, out, parse_int_list, p
 @click.argument("bundle_dir", type=click.Path(file_okay=False))
 @click.option("--precision", "precisions", default="int8", show_default=True, help="int8 and/or fp16, comma-separated.")
 @click.option("--calib", default=None,
-              help="Calibration data: a folder of jpg/png, a .npy/.npz, or fashion-mnist (TRAIN split).")
+              help="Calibration data: a folder of jpg/png, a .npy/.npz, fashion-mnist (TRAIN split), photos or "
+                   "seg-fashion-mnist (segmentation canvases from the TRAIN split).")
 @click.option("--calib-size", "count", type=int, default=None,
               help="Calibration images (default 512, minimum 300 without --force).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
@@ -23,13 +24,17 @@ from .common import (format_accuracy, int8_scheme_option, out, parse_int_list, p
 @click.option("--format", "formats", default=None, help="onnx, openvino (default: both, where the bundle has FP32).")
 @click.option("--tiers", default=None, help="Only these core tiers (elastic graphs are always included).")
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Held-out data for the accuracy gate.")
-@click.option("--eval-limit", type=int, default=2000, show_default=True, help="Images the accuracy gate uses.")
-@click.option("--allow-drop", type=float, default=None, help="Accept up to X points top-1 drop vs FP32 (recorded).")
+@click.option("--eval-limit", type=int, default=2000, show_default=True,
+              help="Images the accuracy gate uses (the built-in seg-fashion-mnist: 256 canvases unless given).")
+@click.option("--metric", type=click.Choice(["top1", "miou", "mae", "cosine"]), default=None,
+              help="Task metric of the accuracy gate (default: from the outputs and the data).")
+@click.option("--allow-drop", type=float, default=None,
+              help="Accept a drop up to X points (top-1, mIoU) or an error rise up to X %% (MAE) vs FP32 (recorded).")
 @click.option("--allow-small-calib", "--force", "allow_small", is_flag=True,
               help="Accept fewer than 300 calibration images (recorded in the manifest); --force is the old name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, target, formats, tiers, eval_data, eval_limit,
-            allow_drop, allow_small, quiet) -> None:
+            metric, allow_drop, allow_small, quiet) -> None:
     """Add INT8 (ONNX QDQ + OpenVINO NNCF) and/or FP16 ONNX artifacts to BUNDLE_DIR, gated on parity and accuracy."""
     from rich.table import Table
 
@@ -39,7 +44,8 @@ def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, tar
     with progress_reporter(not quiet) as rep:
         m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), allow_small=allow_small,
                      allow_drop=allow_drop, progress=rep, method=method, int8_scheme=int8_scheme, count=count, seed=seed,
-                     tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit, target=target)
+                     tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit, target=target,
+                     metric=metric)
     t = Table(title=f"quantized artifacts in {bundle_dir}")
     for col in ("artifact", "path", "MiB", "accuracy", "min cosine"):
         t.add_column(col)

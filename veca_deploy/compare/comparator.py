@@ -74,15 +74,30 @@ class Reference:
     outputs: dict[str, np.ndarray]
     source: str = "pytorch-fp32"
     patch_rows: np.ndarray | None = None
+    #: per output name, how the reference sampled it: ("rows", idx) along axis 1 (token rows) or
+    #: ("pixels", idx) over the flattened last two axes (dense [B, K, H, W] / [B, H, W] maps)
+    samples: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
     def project(self, actual: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return project(actual, self.patch_rows)
+        return project(actual, self.patch_rows, self.samples)
 
 
-def project(outputs: dict[str, np.ndarray], patch_rows: np.ndarray | None) -> dict[str, np.ndarray]:
-    if patch_rows is None or "patches" not in outputs:
-        return outputs
-    return {**outputs, "patches": np.ascontiguousarray(outputs["patches"][:, patch_rows])}
+def project(outputs: dict[str, np.ndarray], patch_rows: np.ndarray | None,
+            samples: dict[str, tuple[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+    """Reduce outputs to the rows / pixels a reference keeps (bounded memory and golden size)."""
+    out = outputs
+    if patch_rows is not None and "patches" in outputs:
+        out = {**out, "patches": np.ascontiguousarray(outputs["patches"][:, patch_rows])}
+    for name, (how, idx) in (samples or {}).items():
+        if name not in out:
+            continue
+        v = out[name]
+        if how == "rows":
+            v = v[:, idx]
+        elif v.ndim >= 3:
+            v = v.reshape(*v.shape[:-2], -1)[..., idx]
+        out = {**out, name: np.ascontiguousarray(v)}
+    return out
 
 
 # ------------------------------------------------------------------------------ reports
@@ -92,6 +107,8 @@ class OutputParity:
     scale: float
     rel: float
     cosine: float
+    #: integer outputs (argmax masks): fraction of equal elements, what their gate judges
+    agreement: float | None = None
 
 
 @dataclass
@@ -108,7 +125,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["outputs"] = {k: {kk: _r(vv) for kk, vv in asdict(v).items()} for k, v in self.outputs.items()}
+        d["outputs"] = {k: {kk: _r(vv) for kk, vv in asdict(v).items() if vv is not None}
+                        for k, v in self.outputs.items()}
         if self.top1_agreement is not None:
             d["top1_agreement"] = round(self.top1_agreement, 4)
         return d
@@ -132,6 +150,7 @@ def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], *, 
             rep.passed = False
             rep.failures.append(f"{name}: missing from the artifact's outputs")
             continue
+        integer = np.asarray(ref).dtype.kind in "iub"
         got = np.asarray(actual[name], dtype=np.float32)
         ref = np.asarray(ref, dtype=np.float32)
         if got.shape != ref.shape:
@@ -142,6 +161,15 @@ def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], *, 
         if not np.isfinite(got).all():
             rep.passed = False
             rep.failures.append(f"{name}: non-finite values")
+            continue
+        if integer:  # class indices: agreement, never cosine (an off-by-one class is no small error)
+            agree = float((got == ref).mean()) if ref.size else 1.0
+            err = float(np.abs(got - ref).max()) if ref.size else 0.0
+            rep.outputs[name] = OutputParity(max_abs=err, scale=1.0, rel=1.0 - agree, cosine=agree, agreement=agree)
+            problems = gate.agreement_failures(name, agree)
+            if problems:
+                rep.passed = False
+                rep.failures += problems
             continue
         err = float(np.abs(got - ref).max())
         scale = float(np.abs(ref).max()) or 1.0
@@ -186,7 +214,8 @@ class Target:
 
 def run_outputs(runner: Runner, x: np.ndarray, *, cores: int | None = None, batch: int | str = "dynamic",
                 chunk: int | None = None, patch_rows: np.ndarray | None = None,
-                max_batch: int | None = None) -> dict[str, np.ndarray]:
+                max_batch: int | None = None,
+                samples: dict[str, tuple[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """All outputs of ``runner`` on ``x`` (float32 NCHW), in batches: a fixed-batch graph gets
     exactly ``batch`` images per call (the last call padded), a dynamic one ``chunk`` (default
     from the resolution), never more than ``max_batch``. ``cores`` feeds an elastic graph's
@@ -205,7 +234,7 @@ def run_outputs(runner: Runner, x: np.ndarray, *, cores: int | None = None, batc
         feed = {IMAGES: np.ascontiguousarray(xb)}
         if cores is not None:
             feed[CORE_SELECT] = core_select(cores)
-        y = project(runner.infer(feed), patch_rows)
+        y = project(runner.infer(feed), patch_rows, samples)
         for k, v in y.items():
             outs.setdefault(k, []).append(np.asarray(v, np.float32)[:n])
     return {k: np.concatenate(v) for k, v in outs.items()}
@@ -228,14 +257,15 @@ class Comparator:
         return r
 
     def outputs(self, target: Target, x: np.ndarray, cores: int, patch_rows: np.ndarray | None = None,
-                chunk: int | None = None) -> dict[str, np.ndarray]:
+                chunk: int | None = None,
+                samples: dict[str, tuple[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
         return run_outputs(self.runner(target), x, cores=cores if target.elastic else None, batch=target.batch,
-                           chunk=chunk, patch_rows=patch_rows, max_batch=target.max_batch)
+                           chunk=chunk, patch_rows=patch_rows, max_batch=target.max_batch, samples=samples)
 
     def check(self, target: Target, x: np.ndarray, reference: Reference, cores: int,
               precision: str | None = None, gate: Gate | None = None) -> ParityReport:
         """Run ``target`` at ``cores`` on ``x`` and compare with ``reference``."""
-        got = self.outputs(target, x, cores, patch_rows=reference.patch_rows)
+        got = self.outputs(target, x, cores, patch_rows=reference.patch_rows, samples=reference.samples)
         rep = compare(reference.outputs, got, artifact=target.label, precision=precision or target.precision,
                       cores=cores, gate=gate)
         rep.reference = reference.source

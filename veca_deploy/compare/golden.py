@@ -25,11 +25,17 @@ from ..bundle.io import file_entry, verify_file
 from ..bundle.manifest import Manifest
 from ..errors import BundleError
 from ..preprocess import Preprocess, resize_bilinear, to_hwc_batch
+from ..seg_data import SEG_SOURCE
 from .comparator import Reference, project, real_images
 
 GOLDEN_DIR = "golden"
 #: patch rows kept per golden output (evenly spaced over the grid, first and last included)
 PATCH_ROWS = 64
+#: pixels kept per dense golden output ([B, K, H, W] or [B, H, W]): a fixed seeded subset of the
+#: H*W positions, every channel kept, so a 448 px 21-class map stays ~170 kB per tier
+DENSE_PIXELS = 1024
+#: golden-file keys of the samples of named outputs (``rows:NAME`` / ``pixels:NAME``)
+SAMPLE_PREFIXES = ("rows:", "pixels:")
 REFERENCE = "pytorch-fp32"
 
 
@@ -53,6 +59,29 @@ def patch_rows_for(n_patches: int, limit: int = PATCH_ROWS) -> np.ndarray:
     if n_patches <= limit:
         return np.arange(n_patches, dtype=np.int64)
     return np.unique(np.linspace(0, n_patches - 1, limit).round().astype(np.int64))
+
+
+def pixels_for(n_pixels: int, limit: int = DENSE_PIXELS) -> np.ndarray:
+    """A fixed subset of flat pixel positions (seed 0, sorted): deterministic for a map size, and
+    scattered, so a stride in the map cannot alias with the sample."""
+    if n_pixels <= limit:
+        return np.arange(n_pixels, dtype=np.int64)
+    return np.sort(np.random.default_rng(0).choice(n_pixels, limit, replace=False)).astype(np.int64)
+
+
+def sample_plan(outputs: dict[str, np.ndarray], kinds: dict[str, str]) -> dict[str, tuple[str, np.ndarray]]:
+    """How each named output of a task model is sampled: token outputs by rows, dense maps by
+    pixels; small outputs (global, logits) whole. The backbone's ``patches`` keeps ``patch_rows``."""
+    plan: dict[str, tuple[str, np.ndarray]] = {}
+    for name, v in outputs.items():
+        if name == "patches":
+            continue
+        kind = kinds.get(name, "")
+        if kind == "patches" and v.ndim == 3:
+            plan[name] = ("rows", patch_rows_for(v.shape[1]))
+        elif v.ndim >= 3 and kind != "patches":
+            plan[name] = ("pixels", pixels_for(int(v.shape[-2]) * int(v.shape[-1])))
+    return plan
 
 
 def size_key(height: int, width: int) -> str:
@@ -90,7 +119,16 @@ class GoldenWriter:
 
     def inputs(self, height: int, width: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Golden uint8 images at this size (written once) and the network input they give."""
-        raw = resized_uint8(real_images(n or golden_count(height, width)), height, width)
+        n = n or golden_count(height, width)
+        own = (self.manifest.model or {}).get("eval_data")
+        if own == SEG_SOURCE:  # a model of its own domain is checked on its own held-out images
+            from ..seg_data import SegImages
+
+            source, imgs = f"{SEG_SOURCE}:test", list(SegImages(n, "test"))
+        else:
+            source, imgs = "photos+fashion-mnist", real_images(n)
+        raw = resized_uint8(imgs, height, width)
+        self.section.setdefault("inputs_source", source)
         rel = f"{GOLDEN_DIR}/inputs_{size_key(height, width)}.npz"
         _save_npz(self.stage / rel, {"images": raw})
         fe = file_entry(self.stage, rel)
@@ -101,11 +139,18 @@ class GoldenWriter:
     def outputs(self, cores: int, height: int, width: int, outputs: dict[str, np.ndarray]) -> Reference:
         """Store the reference outputs of one tier (patch rows sampled) and return them."""
         rows = patch_rows_for(outputs["patches"].shape[1]) if "patches" in outputs else None
-        ref = Reference(project({k: np.asarray(v, np.float32) for k, v in outputs.items()}, rows), REFERENCE, rows)
+        specs = (self.manifest.model or {}).get("output_specs") or {}
+        samples = sample_plan(outputs, {n: str(s.get("kind", "")) for n, s in specs.items()}) if specs else {}
+        # integer outputs (argmax masks) stay integer: their gate is agreement, not cosine
+        cast = {k: (np.asarray(v) if np.asarray(v).dtype.kind in "iub" else np.asarray(v, np.float32))
+                for k, v in outputs.items()}
+        ref = Reference(project(cast, rows, samples), REFERENCE, rows, samples)
         rel = f"{GOLDEN_DIR}/c{cores}_{size_key(height, width)}.npz"
         arrays = dict(ref.outputs)
         if rows is not None:
             arrays["patch_rows"] = rows
+        for name, (how, idx) in samples.items():
+            arrays[f"{how}:{name}"] = idx
         _save_npz(self.stage / rel, arrays)
         fe = file_entry(self.stage, rel)
         self.section["outputs"][output_key(cores, height, width)] = {
@@ -164,4 +209,8 @@ class Golden:
             raise BundleError(f"no golden outputs for C={cores} at {height}x{width}")
         arrays = self._read(entry)
         rows = arrays.pop("patch_rows", None)
-        return Reference(arrays, str(self.section.get("reference", REFERENCE)), rows)
+        samples: dict[str, tuple[str, np.ndarray]] = {}
+        for key in [k for k in arrays if k.startswith(SAMPLE_PREFIXES)]:
+            how, _, name = key.partition(":")
+            samples[name] = (how, arrays.pop(key).astype(np.int64))
+        return Reference(arrays, str(self.section.get("reference", REFERENCE)), rows, samples)

@@ -53,6 +53,9 @@ class ElasticModule(nn.Module):
 
 
 def output_names(model: nn.Module) -> list[str]:
+    """Graph output names: a task model's own (:class:`~.task_export.TaskAdapter`), else the backbone's."""
+    if getattr(model, "is_task", False):
+        return list(model.output_names)
     return ["global", "patches"] + (["logits"] if model.cfg.num_classes else [])
 
 
@@ -68,10 +71,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
     # traces a dynamic batch with 2 examples (else "dynamic" silently became a fixed batch of 1)
     b = (2 if exporter == "dynamo" else 1) if batch == "dynamic" else int(batch)
     images = torch.zeros(b, model.cfg.in_channels, height, width)
+    if elastic_tiers and getattr(model, "is_task", False):
+        raise ExportError("elastic export is not supported for task models yet")
     if elastic_tiers:
         module: nn.Module = ElasticModule(model)
         args: tuple = (images, torch.zeros(max(elastic_tiers)))
         in_names = [IMAGES, CORE_SELECT]
+    elif getattr(model, "is_task", False):
+        from .task_export import TaskTierModule
+
+        module = TaskTierModule(model, cores if cores is not None else model.cfg.num_query_tokens)
+        args = (images,)
+        in_names = [IMAGES]
     else:
         module = TierModule(model, cores if cores is not None else model.cfg.num_query_tokens)
         args = (images,)

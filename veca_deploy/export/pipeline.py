@@ -53,14 +53,15 @@ def package_versions() -> dict[str, str]:
 PREPROCESS_OPTIONS = {"antialias", "resize_mode", "crop_pct", "color_order"}
 
 
-def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] | None = None,
+def export(source: Any = None, *, out: str | Path, cores: Sequence[int] | None = None,
            image_sizes: Sequence[tuple[int, int]] | None = None, formats: Sequence[str] = EXPORT_FORMATS,
            precisions: Sequence[str] = ("fp32", "fp16"), batch: int | str = "dynamic",
            opset: int | None = None, exporter: str = DEFAULT_EXPORTER, simplifier: str = "onnxslim",
            elastic: bool = False, force: bool = False, random_weights: bool = False,
            calib: str | None = None, calib_options: dict[str, Any] | None = None,
            progress: Progress | None = None, preprocess: dict[str, Any] | None = None,
-           config: Any = None) -> Manifest:
+           config: Any = None, output_names: Sequence[str] | None = None,
+           postprocess: Sequence[str] | None = None, source_info: dict[str, Any] | None = None) -> Manifest:
     """Export a model into a bundle folder ``out`` and return its manifest.
 
     ``force`` replaces an existing ``out``. ``calib_options`` are
@@ -71,13 +72,46 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
     ``resize_mode`` "stretch" or "shorter"; ``crop_pct``); mean/std come from the model.
     ``config`` (a registry name, a JSON file of config fields, a dict or a ``VecaConfig``) is the
     model config of a checkpoint that carries none (a bare ``state_dict``); ignored otherwise.
+
+    ``source`` may also be a task model: any ``torch.nn.Module`` whose ``forward(images, cores=C)``
+    returns a tensor, a tuple or a dict of tensors, with a VECA backbone inside
+    (:mod:`.task_export`). ``output_names`` names a tensor/tuple's outputs (a dict's keys are its
+    names); ``postprocess`` (``argmax``, ``softmax``) is applied in the graph to its dense
+    ``mask_logits`` output. Elastic export of task models is not supported yet.
     """
     opset = DEFAULT_OPSET if opset is None else opset
     formats, precisions = check_options(formats, precisions, batch, opset, exporter, simplifier, calib)
     if image_sizes:
         check_sizes(image_sizes)  # bounds first: nothing is loaded for an impossible size
     check_output_path(out)  # a symlink as --out: refused before any work
-    model, info = resolve_source(source, random_weights, config)
+    task = _is_module(source)
+    if task:
+        if config is not None or random_weights:
+            raise UsageError("config and random_weights do not apply to an nn.Module SOURCE")
+        info = {"name": str((source_info or {}).get("name") or type(source).__name__), "source": "module",
+                "source_sha256": None, "random_weights": False, **(source_info or {})}
+    else:
+        source, info = resolve_source(source, random_weights, config)
+        task = getattr(source, "head_config", None) is not None  # a checkpoint with a head (TaskModel)
+    if (output_names or postprocess) and not task:
+        raise UsageError("output_names and postprocess are for a task model (an nn.Module, or a checkpoint "
+                         "with a head) as SOURCE")
+    if task:
+        if elastic:
+            raise UsageError("elastic export is not supported for task models yet: export fixed tiers "
+                             "(drop --elastic)")
+        from .task_export import TaskAdapter
+
+        if output_names is None and getattr(source, "head_config", None) is not None:
+            # a checkpoint with a head serves its head's outputs (what the application wants); the
+            # backbone's global / patches only on request (output_names)
+            output_names = list(source.head.outputs)
+        model = TaskAdapter(source, output_names, postprocess or ())
+        info["task"] = True
+        if getattr(source, "head_config", None) is not None:
+            info["head"] = dict(source.head_config)
+    else:
+        model = source
     cfg = model.cfg
     if cfg.attention == "full":
         tiers = [1]
@@ -89,6 +123,10 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
             cfg.check_cores(c)
     sizes = [tuple(s) for s in (image_sizes or [cfg.default_image_size])]
     check_sizes(sizes, cfg.patch_size)
+    if task:
+        model.probe(sizes[0][0], sizes[0][1], min(tiers))
+        for h, w in sizes:
+            model.record_shapes(h, w, min(tiers))
     extra = [p for p in precisions if p != "fp32"]
     qplan = None
     if "int8" in extra or ("fp16" in extra and "onnx" in formats):
@@ -112,6 +150,17 @@ def export(source: str | None = None, *, out: str | Path, cores: Sequence[int] |
     return build_bundle(model, info, plan, out, force=force, progress=progress)
 
 
+def _is_module(source: Any) -> bool:
+    if isinstance(source, (str, Path)) or source is None:
+        return False
+    from torch import nn
+
+    if isinstance(source, nn.Module):
+        return True
+    raise UsageError(f"SOURCE must be a registry name, a checkpoint path or a torch.nn.Module, "
+                     f"got {type(source).__name__}")
+
+
 def build_bundle(model, info: dict[str, Any], plan: ExportPlan, out: str | Path, *, force: bool = False,
                  progress: Progress | None = None) -> Manifest:
     """Run the builders of ``plan`` for ``model`` into a new bundle at ``out``."""
@@ -122,7 +171,8 @@ def build_bundle(model, info: dict[str, Any], plan: ExportPlan, out: str | Path,
     report("preparing", advance=0, total=plan.steps)
     manifest = Manifest(
         model={**info, "config": cfg.to_dict(), "parameters": model.num_params(), "outputs": outs,
-               "num_classes": cfg.num_classes},
+               "num_classes": cfg.num_classes,
+               **({"output_specs": model.specs} if getattr(model, "is_task", False) else {})},
         preprocess=pre.to_dict(),
         versions=package_versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -10,6 +10,8 @@ from ..data import FASHION_MNIST_CLASSES
 from ..errors import UsageError
 
 BUILTIN = "builtin:veca_tiny"
+#: the dense reference model (segmentation), shipped beside veca_tiny
+SEG_MODEL = "veca_tiny_seg"
 
 
 def resolve_config(spec):
@@ -73,6 +75,20 @@ def resolve_source(source: str | None, random_weights: bool = False, config=None
         info["card_top1"] = card.get("test_top1", {})
         if isinstance((card.get("data") or {}).get("test_images"), int):
             info["card_samples"] = card["data"]["test_images"]  # what the selector's tie rule needs
+        return model, info
+    if source == SEG_MODEL and not random_weights:
+        model = load_reference_model(SEG_MODEL)
+        from ..model.checkpoint import reference_card
+        from ..seg_data import SEG_SOURCE
+
+        card = reference_card(SEG_MODEL)
+        info = {"name": SEG_MODEL, "source": f"builtin:{SEG_MODEL}", "source_sha256": model.source_sha256,
+                "random_weights": False, "eval_data": SEG_SOURCE, "card_metric": "miou",
+                "card_top1": card.get("heldout_miou", {}),
+                # mask value -> name (0 background, k = Fashion-MNIST class k - 1)
+                "class_names": ["background", *FASHION_MNIST_CLASSES]}
+        if isinstance(card.get("eval_samples"), int):
+            info["card_samples"] = card["eval_samples"]
         return model, info
     if source in list_models():
         if not random_weights:

@@ -23,7 +23,10 @@ from .config import VecaConfig
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "card.json"
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "weights" / "veca_tiny"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+REFERENCE_DIR = WEIGHTS_DIR / "veca_tiny"
+#: models whose trained weights ship inside the package (nothing is ever downloaded)
+PRETRAINED = ("veca_tiny", "veca_tiny_seg")
 _PREFIXES = ("module.", "student.", "_orig_mod.")
 
 
@@ -207,14 +210,46 @@ def _load_safetensors_dir(folder: Path, weights: Path | None, overrides: dict[st
         if not isinstance(cfg_dict, dict):
             raise CheckpointError(f"{cfg_path}: expected a JSON object")
         config_from = "checkpoint"
+    head_cfg = cfg_dict.pop("head", None) if isinstance(cfg_dict, dict) else None
     cfg = VecaConfig.from_dict({**cfg_dict, **overrides})
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
-    model = _build(cfg, state, str(weights))
+    model = _build(cfg, state, str(weights)) if head_cfg is None else _build_task(cfg, head_cfg, state, str(weights))
     model.config_from = config_from
     return model, weights
+
+
+def _build_task(cfg: VecaConfig, head_cfg: Any, state: dict[str, torch.Tensor], source: str):
+    """A TaskModel (backbone + head) from a folder whose config.json names a head; strict load,
+    so a head that does not fit the weights is refused rather than silently re-initialized."""
+    from ..errors import UsageError
+    from .task import TaskModel
+    from .veca import VECA
+
+    if not isinstance(head_cfg, dict):
+        raise CheckpointError(f"{source}: 'head' in {CONFIG_FILE} must be an object")
+    try:
+        model = TaskModel(VECA(cfg), head_cfg)
+    except UsageError as e:
+        raise CheckpointError(f"{source}: invalid head config: {e}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        raise CheckpointError(f"{source}: weights do not fit the config: {'; '.join(parts)}")
+    for name, ref in expected.items():
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{source}: shape mismatch for {name}: checkpoint "
+                                  f"{list(state[name].shape)} vs model {list(ref.shape)}")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    return model.eval()
 
 
 def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:
@@ -227,7 +262,11 @@ def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | 
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=1) + "\n")
+        cfg_out = model.cfg.to_dict()
+        head_config = getattr(model, "head_config", None)
+        if isinstance(head_config, dict):  # a TaskModel: load_checkpoint rebuilds the head from this
+            cfg_out["head"] = head_config
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg_out, indent=1) + "\n")
         if card is not None:
             (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the folder ships as package data
@@ -247,12 +286,14 @@ def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | 
     return out
 
 
-def load_reference_model():
-    """The built-in reference model (``veca_tiny`` trained on Fashion-MNIST) shipped in the package."""
-    if not (REFERENCE_DIR / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"the reference weights are missing from the package ({REFERENCE_DIR})")
-    return load_checkpoint(REFERENCE_DIR)
+def load_reference_model(name: str = "veca_tiny"):
+    """A built-in model shipped in the package: ``veca_tiny`` (the Fashion-MNIST classifier) or
+    ``veca_tiny_seg`` (the dense reference model: a TaskModel with a segmentation head)."""
+    folder = WEIGHTS_DIR / name
+    if name not in PRETRAINED or not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"the {name} weights are missing from the package ({folder})")
+    return load_checkpoint(folder)
 
 
-def reference_card() -> dict[str, Any]:
-    return json.loads((REFERENCE_DIR / CARD_FILE).read_text())
+def reference_card(name: str = "veca_tiny") -> dict[str, Any]:
+    return json.loads((WEIGHTS_DIR / name / CARD_FILE).read_text())

@@ -51,14 +51,18 @@ def model_config(name: str, **overrides: Any) -> VecaConfig:
 
 
 def create_model(name: str, pretrained: bool = False, **overrides: Any):
-    """Build a model by registry name. ``pretrained=True`` is only available for ``veca_tiny``
-    (the reference weights that ship inside the package); nothing is ever downloaded."""
+    """Build a model by registry name. ``pretrained=True`` is only available for ``veca_tiny`` and
+    ``veca_tiny_seg`` (weights that ship inside the package); nothing is ever downloaded."""
+    from .checkpoint import PRETRAINED
+
     if pretrained:
-        if name != DEFAULT_MODEL or overrides:
-            raise UsageError(f"only {DEFAULT_MODEL} ships pretrained weights (without overrides)")
+        if name not in PRETRAINED or overrides:
+            raise UsageError(f"only {', '.join(PRETRAINED)} ship pretrained weights (without overrides)")
         from .checkpoint import load_reference_model
 
-        return load_reference_model()
+        return load_reference_model(name)
+    if name in PRETRAINED and name not in list_models():
+        raise UsageError(f"{name} is a trained task model: create_model({name!r}, pretrained=True)")
     from .veca import VECA
 
     return VECA(model_config(name, **overrides))

@@ -216,7 +216,10 @@ class VECA(nn.Module):
         return x, lead
 
     def forward(self, images: Tensor, cores: int | None = None) -> tuple[Tensor, ...]:
-        c = self.cfg.check_cores(cores)
+        if isinstance(cores, (Tensor, torch.SymInt)) and (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            c = cores  # a traced size (elastic export of a task model): validated by the exporter's tiers
+        else:
+            c = self.cfg.check_cores(cores)
         p = self.cfg.patch_size
         if images.ndim != 4 or images.shape[1] != self.cfg.in_channels:
             raise ValueError(f"images must be [B, {self.cfg.in_channels}, H, W], got {list(images.shape)}")

@@ -60,7 +60,11 @@ class OpenVINORunner(Runner):
         for p in self.compiled.inputs:
             shape = tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
             self._inputs.append(TensorSpec(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()).name, shape))
-        self._outputs = [p.get_any_name() for p in self.compiled.outputs]
+        # the graph's own output names: after compilation a fused Cast (an argmax mask's int32)
+        # leaves its port with several names and get_any_name may return the internal one
+        declared = [set(p.get_names()) for p in model.outputs]
+        self._outputs = [_output_name(p, declared[i] if i < len(declared) else set())
+                         for i, p in enumerate(self.compiled.outputs)]
         self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()},
                          "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
 
@@ -89,3 +93,13 @@ class OpenVINORunner(Runner):
         d = {"backend": self.backend, "version": ov.get_version()}
         d.update(getattr(self, "settings", {}))
         return d
+
+
+def _output_name(port, declared: set[str]) -> str:
+    """One stable name per output port: the read model's name when it has exactly one, else the
+    name that is not an internal tensor path (``/module/Op_output_0``), else ``get_any_name``."""
+    names = set(port.get_names())
+    if len(declared) == 1 and declared <= names:
+        return next(iter(declared))
+    plain = sorted(n for n in names if not n.startswith("/"))
+    return plain[0] if len(plain) == 1 else port.get_any_name()

@@ -122,13 +122,18 @@ def card_accuracy(model: dict[str, Any], cores: int, size: tuple[int, int] | Non
 def accuracy_samples(bundle: Bundle, art: Artifact) -> int | None:
     """How many images the accuracy :func:`accuracy` returns was measured on (None: unknown)."""
     rec = art.accuracy or {}
-    if rec.get("metric", "top1") == "top1" and "cosine" not in rec and isinstance(rec.get("samples"), int) \
-            and rec["samples"] > 0:
+    if is_task_score(rec) and isinstance(rec.get("samples"), int) and rec["samples"] > 0:
         return int(rec["samples"])
     if art.precision == "fp32":
         n = (bundle.manifest.model or {}).get("card_samples")
         return int(n) if isinstance(n, int) and n > 0 else None
     return None
+
+
+def is_task_score(rec: dict[str, Any]) -> bool:
+    """A record the selector ranks by: a task score where higher is better (top-1, mIoU, a user's
+    score), as a fraction. Feature cosine (no task head) and errors (MAE) are not ranked."""
+    return rec.get("metric", "top1") != "cosine" and "cosine" not in rec and rec.get("higher_is_better", True) is True
 
 
 def accuracy_record(art: Artifact, cores: int) -> tuple[str, str] | None:
@@ -142,11 +147,11 @@ def accuracy_record(art: Artifact, cores: int) -> tuple[str, str] | None:
 
 
 def accuracy(bundle: Bundle, art: Artifact, cores: int) -> float | None:
-    """Top-1 (fraction) at ``cores``: the artifact's own measurement, else the card for FP32.
-    A feature-cosine record (models without a classifier head) is not a top-1 and is ignored."""
+    """The task score (fraction: top-1, mIoU, ...) at ``cores``: the artifact's own measurement,
+    else the card for FP32. Feature-cosine and error (MAE) records are not ranked (:func:`is_task_score`)."""
     acc = None
     rec = art.accuracy or {}
-    if rec.get("metric", "top1") == "top1" and "cosine" not in rec:
+    if is_task_score(rec):
         try:
             acc = as_fraction(bundle.accuracy_of(art, cores))
         except (TypeError, ValueError):

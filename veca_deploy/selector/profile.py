@@ -301,7 +301,7 @@ def golden_gate(runner, golden: Golden | None, c: Candidate) -> dict[str, Any] |
         return None
     ref = golden.reference(c.cores, a.height, a.width)
     got = run_outputs(runner, golden.inputs(a.height, a.width), cores=c.cores if a.elastic else None,
-                      batch=a.batch, patch_rows=ref.patch_rows)
+                      batch=a.batch, patch_rows=ref.patch_rows, samples=ref.samples)
     rep = compare(ref.outputs, got, artifact=a.id, precision=c.precision, cores=c.cores)  # execution precision
     return {"passed": rep.passed, "reference": ref.source, "images": rep.images, "precision": c.precision,
             "min_cosine": round(min((o.cosine for o in rep.outputs.values()), default=float("nan")), 6),
