@@ -220,6 +220,7 @@ def test_elastic_tiers_smoke(tmp_path, tiny_bundle):
     assert [f["ms"] for f in d["pareto_front"]] == sorted(f["ms"] for f in d["pareto_front"])
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 @pytest.mark.slow
 def test_toolchain_cost_smoke(tmp_path):
     """Two fresh ``veca-deploy export`` processes (FP32+FP16 at 2 tiers + elastic, INT8 at one
@@ -298,6 +299,7 @@ def test_fleet_slicing_smoke(tmp_path, tiny_bundle):
     assert all(c["rc"] == 0 and c["peak_rss_mb"] > 0 for c in d["commands"])
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_profile_ops_smoke(tmp_path):
     from veca_deploy.model.flops import forward_flops
     from veca_deploy.model.registry import model_config

@@ -137,6 +137,7 @@ def test_bad_export_arguments(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_dynamo_exporter_and_static_batch(tmp_path):
     out = tmp_path / "d"
     veca_deploy.export("veca_tiny", random_weights=True, out=out, cores=[16], formats=["onnx"], precisions=["fp32"],
@@ -191,6 +192,7 @@ def test_cli_export_refuses_existing_and_bad_input(tiny_bundle, tmp_path):
     assert not (tmp_path / "z").exists()
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_dynamo_exporter_keeps_a_dynamic_batch(tmp_path):
     """torch.export specializes a size-1 example dimension: a dynamic batch must stay dynamic and
     serve batches of 1 and 3 with the same per-image outputs."""

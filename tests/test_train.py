@@ -28,6 +28,7 @@ def _loss(model, images: np.ndarray, labels: np.ndarray, cores: int) -> float:
     return float(F.cross_entropy(logits, torch.from_numpy(np.array(labels))))
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_train_cli_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, capsys):
     from veca_deploy.cli import main
 
