@@ -104,12 +104,9 @@ def _load_pickle(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _build(cfg: VecaConfig, state: dict[str, torch.Tensor], source: str):
-    from .veca import VECA
-
-    if "head.weight" in state and not cfg.num_classes:
-        cfg.num_classes = int(state["head.weight"].shape[0])
-    model = VECA(cfg)
+def _load_strict(model, state: dict[str, torch.Tensor], source: str):
+    """Load ``state`` into ``model`` strictly: missing/unexpected keys or a shape mismatch is a
+    one-line CheckpointError, never a silent re-initialization."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -126,6 +123,15 @@ def _build(cfg: VecaConfig, state: dict[str, torch.Tensor], source: str):
                                   f"{list(state[name].shape)} vs model {list(ref.shape)}")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     return model.eval()
+
+
+def _build(cfg: VecaConfig, state: dict[str, torch.Tensor], source: str):
+    from .veca import VECA
+
+    if "head.weight" in state and not cfg.num_classes:
+        cfg.num_classes = int(state["head.weight"].shape[0])
+    model = VECA(cfg)
+    return _load_strict(model, state, source)
 
 
 def _short(keys: list[str], n: int = 4) -> str:
@@ -234,22 +240,7 @@ def _build_task(cfg: VecaConfig, head_cfg: Any, state: dict[str, torch.Tensor], 
         model = TaskModel(VECA(cfg), head_cfg)
     except UsageError as e:
         raise CheckpointError(f"{source}: invalid head config: {e}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        raise CheckpointError(f"{source}: weights do not fit the config: {'; '.join(parts)}")
-    for name, ref in expected.items():
-        if tuple(state[name].shape) != tuple(ref.shape):
-            raise CheckpointError(f"{source}: shape mismatch for {name}: checkpoint "
-                                  f"{list(state[name].shape)} vs model {list(ref.shape)}")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-    return model.eval()
+    return _load_strict(model, state, source)
 
 
 def save_pretrained(model, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:
