@@ -204,3 +204,37 @@ def test_signal_in_a_swap_or_cleanup_is_held_back_until_it_is_done(tmp_path):
                        capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+_TORCH_IMPORT_SCRIPT = r"""
+import os, signal, sys
+from veca_deploy import cli
+
+class InterruptWhenTorchStarts:
+    '''Sends SIGINT to this process the moment torch begins to import: torch's native start-up
+    calls into Python, and an interrupt raised there aborts the process (SIGABRT).'''
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptWhenTorchStarts())
+code = cli.main([sys.argv[1], "--out", sys.argv[2], "-q", *sys.argv[3:]])
+print(code, "torch.functional" in sys.modules)  # imported near the end of torch/__init__
+"""
+
+
+@pytest.mark.parametrize("command", [["export", "--elastic"], ["train", "--epochs", "1"]], ids=lambda c: c[0])
+def test_signal_while_torch_imports_is_held_until_the_import_is_done(command, tmp_path):
+    """A SIGINT that arrives while ``export`` / ``train`` import the torch side is held back until
+    the import is done (then the command exits 130 with its one line): raised inside torch's
+    import, it sometimes kills the process with SIGABRT (seen in CI: ``terminate called after
+    throwing an instance of 'pybind11::error_already_set'``)."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_SCRIPT, command[0], str(out), *command[1:]],
+                       preexec_fn=_default_signals, capture_output=True, text=True, timeout=120, env=env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["130", "True"], (r.stdout, r.stderr[-2000:])
+    assert [line for line in r.stderr.splitlines() if line.strip()] == [MESSAGE[signal.SIGINT]], r.stderr[-2000:]
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)

@@ -20,6 +20,19 @@ from ..errors import UsageError
 PIPE_WIDTH = 1000
 
 
+@contextmanager
+def torch_side_import() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM / SIGHUP back while the torch side (and torch itself, ~2.5 s) is
+    imported. torch's native start-up calls into Python; a KeyboardInterrupt raised there
+    becomes a C++ exception nothing catches (``terminate called after throwing an instance of
+    'pybind11::error_already_set'``), and the process dies of SIGABRT, without the clean exit or
+    the staging cleanup. The signal is re-delivered as soon as the import is done."""
+    from ..bundle.io import deferred_signals
+
+    with deferred_signals():
+        yield
+
+
 class _Console(Console):
     """rich's console, except that off a terminal it does not assume 80 columns (or the width of
     a terminal on another stream, as when only stdout is piped): tables written to a file keep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import (console, int8_scheme_option, parse_int_list, parse_list, parse_size, print_int8_choice,
-                     progress_reporter, target_option)
+                     progress_reporter, target_option, torch_side_import)
 
 
 @click.command("export")
@@ -56,7 +56,9 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
     from ..errors import UsageError
-    from ..export import export
+
+    with torch_side_import():
+        from ..export import export
 
     if batch != "dynamic":
         try:

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..model.registry import DEFAULT_EPOCHS, DEFAULT_MODEL
-from .common import console, progress_reporter
+from .common import console, progress_reporter, torch_side_import
 
 
 @click.command("train")
@@ -31,7 +31,9 @@ def command(model, epochs, batch_size, lr, seed, threads, train_limit, eval_limi
     from pathlib import Path
 
     from ..errors import OutputExistsError
-    from ..model.train import TrainConfig, train_reference
+
+    with torch_side_import():
+        from ..model.train import TrainConfig, train_reference
 
     if Path(out).exists() and not force:
         raise OutputExistsError(f"{out} exists (pass --force to replace it)")
