@@ -13,32 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
 
 import veca_deploy
 from veca_deploy.errors import VecaError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy"}
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 HxW or HxWx3; Pillow is imported only for non-.npy files."""
-    if path.suffix.lower() == ".npy":
-        return np.load(path)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB"))
-
-
-def pillow_available() -> bool:
-    try:
-        from PIL import Image
-    except ImportError:
-        return False
-    return Image is not None
+from veca_deploy.images import PILLOW_HINT, image_files, pillow_available, read_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,14 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adaptive", action="store_true", help="step down tiers when the budget is missed")
     args = ap.parse_args(argv)
 
-    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = image_files(args.images)
+    except VecaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not files:
         print(f"no images in {args.images}", file=sys.stderr)
         return 2
     if any(f.suffix.lower() != ".npy" for f in files) and not pillow_available():
         # before the runtime opens (and profiles): one line, not a traceback at the first image
-        print("error: reading PNG/JPEG/BMP/WebP images needs Pillow: pip install pillow "
-              "(or give .npy files)", file=sys.stderr)
+        print(f"error: {PILLOW_HINT} (or give .npy files)", file=sys.stderr)
         return 2
     try:
         with veca_deploy.Runtime.open(args.bundle, budget_ms=args.budget_ms, backend=args.backend,
@@ -68,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"budget {args.budget_ms:g} ms)")
             over = 0
             for f in files:
-                image = read_image(f)
+                image = read_image(f, keep_grey=True)
                 t0 = time.perf_counter()
                 pred = rt.predict(image)
                 total = (time.perf_counter() - t0) * 1e3

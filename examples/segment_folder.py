@@ -24,26 +24,7 @@ import numpy as np
 
 import veca_deploy
 from veca_deploy.errors import VecaError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy"}
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 HxW or HxWx3; Pillow is imported only for non-.npy files."""
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def pillow_available() -> bool:
-    try:
-        from PIL import Image
-    except ImportError:
-        return False
-    return Image is not None
+from veca_deploy.images import PILLOW_HINT, image_files, pillow_available, read_image
 
 
 def class_mask(pred: "veca_deploy.Prediction") -> np.ndarray:
@@ -95,17 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     src = Path(args.images)
-    if not src.is_dir():
-        print(f"error: {src} is not a folder of images", file=sys.stderr)
+    try:
+        files = image_files(src)
+    except VecaError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         print(f"error: no images in {src}", file=sys.stderr)
         return 2
     has_pil = pillow_available()
     if any(f.suffix.lower() != ".npy" for f in files) and not has_pil:
-        print("error: reading PNG/JPEG/BMP/WebP images needs Pillow: pip install pillow "
-              "(or give .npy files)", file=sys.stderr)
+        print(f"error: {PILLOW_HINT} (or give .npy files)", file=sys.stderr)
         return 2
     fmt = args.format or ("png" if has_pil else "npy")
     if fmt == "png" and not has_pil:

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, QuantizationError
+from ..images import PILLOW_HINT, read_image
 from ..preprocess import Preprocess, resize_bilinear, to_hwc_batch
 from ..seg_data import SEG_SOURCE
 
@@ -407,15 +408,11 @@ def _validate_array(x: np.ndarray, name: str, channels: int) -> np.ndarray:
 
 
 def _read_image(path: Path) -> np.ndarray:
+    """A calibration folder's image; its failures are the calibration's (exit code and wording)."""
     try:
-        from PIL import Image
-    except ImportError:
-        raise QuantizationError("reading an image folder needs Pillow: pip install pillow") from None
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise QuantizationError(f"{path}: not a readable image ({type(e).__name__})") from None
+        return read_image(path)
+    except InputError as e:
+        raise QuantizationError(str(e).replace(PILLOW_HINT, "reading an image folder needs Pillow: pip install pillow")) from None
 
 
 def _check_side(shape: tuple[int, ...], name: str) -> None:
