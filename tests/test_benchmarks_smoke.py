@@ -84,6 +84,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_scaling_smoke(tmp_path):
     from veca_deploy.model.flops import forward_flops
     from veca_deploy.model.registry import model_config
@@ -117,6 +118,7 @@ def test_scaling_smoke(tmp_path):
             _ratio(e[f"{v}_over_vit"], ms[v], ms[d["baseline"]])
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_deploy_speedup_smoke(tmp_path, tiny_bundle):
     from veca_deploy.bundle.reader import Bundle
     from veca_deploy.model.flops import forward_flops
@@ -273,6 +275,7 @@ def test_runtime_overhead_smoke(tmp_path, tiny_bundle):
     assert d["met"] == all(r["met"] for r in d["rows"])
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores (two pinned device classes)")
 def test_fleet_slicing_smoke(tmp_path, tiny_bundle):
     """Two pinned device classes, two signed slices: each slice validates with the public key,

@@ -56,6 +56,7 @@ def folder(tmp_path_factory):
     return d
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_folder_calibration_decodes_and_preprocesses_per_batch(folder):
     full = N * 3 * SIZE[0] * SIZE[1] * 4
     cal, load_peak = _peak(lambda: load_calibration(folder, Preprocess(), SIZE, count=N, force=True))
@@ -74,6 +75,7 @@ def test_folder_calibration_decodes_and_preprocesses_per_batch(folder):
     assert h.hexdigest() == cal.digest
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_memory_mapped_npy_is_read_by_batch(tmp_path):
     raw = _photos(N, 768, 1024)  # 302 MB of uint8 on disk: more than streaming may hold
     np.save(tmp_path / "calib.npy", raw)

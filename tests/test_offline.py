@@ -209,7 +209,7 @@ def _strace() -> str | None:
 INET_CONNECT = re.compile(r"connect\(\d+, \{sa_family=AF_INET6?\b")
 
 
-@pytest.mark.parametrize("what", ["validate", "bench", "export"])
+@pytest.mark.parametrize("what", ["validate", "bench", pytest.param("export", marks=pytest.mark.extended)])
 def test_no_inet_connection_under_strace(what, tiny_bundle, tmp_path, sandbox):
     reason = _strace()
     if reason:

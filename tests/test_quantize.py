@@ -136,6 +136,7 @@ def test_failed_parity_gate_leaves_bundle_untouched(quantized, tmp_path):
     assert not list(quantized.parent.glob(".b.partial-*"))
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_failed_accuracy_gate_leaves_bundle_untouched(reference_bundle, tmp_path, cache_dir):
     """A real top-1 gate failure on real images, no stub, on any CPU: a first INT8 build (300
     Fashion-MNIST calibration images; parity passes) finds the test images where INT8 is wrong and
@@ -231,6 +232,7 @@ def _quantize_reference_c8(reference_bundle: Path, tmp_path: Path, cache_dir: st
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 @pytest.mark.skipif(not (Path(__file__).parents[1] / "veca_deploy/weights/veca_tiny/model.safetensors").is_file(),
                     reason="reference weights not trained yet")
 def test_reference_model_int8_within_one_point(reference_bundle, tmp_path, cache_dir):
@@ -249,6 +251,7 @@ def test_reference_model_int8_within_one_point(reference_bundle, tmp_path, cache
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 @pytest.mark.skipif(not (Path(__file__).parents[1] / "veca_deploy/weights/veca_tiny/model.safetensors").is_file(),
                     reason="reference weights not trained yet")
 def test_u8s8_scheme_uses_integer_kernels_and_is_refused_by_tensorrt(reference_bundle, tmp_path, cache_dir):

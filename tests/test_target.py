@@ -94,6 +94,7 @@ def test_bad_targets_are_one_line_usage_errors(tmp_path):
         resolve_target(str(empty))
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 @pytest.mark.slow
 def test_quantize_cli_builds_records_and_explains_the_target(tiny_bundle, tmp_path, capsys):
     """Through the CLI: --target tensorrt builds S8S8 that passes check-trt; --target avx2 builds

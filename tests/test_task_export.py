@@ -153,6 +153,7 @@ def test_elastic_task_export_is_refused(user_file, tmp_path):
                            cores=[8, 16], image_sizes=[(56, 56)])
 
 
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_user_model_quantizes_with_a_task_metric(user_file, tmp_path, capsys):
     """INT8 of the user's model (their head on the trained veca_tiny backbone, at its 28 px) through
     the CLI, gated by mIoU on the user's own masks (.npz): here the FP32 tier-16 graph's own masks

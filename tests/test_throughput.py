@@ -388,6 +388,7 @@ def test_runtime_open_for_a_workload(wbundle):
 
 
 # ---------------------------------------------------------------------------- benchmark smoke
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_throughput_benchmark_smoke(tmp_path):
     pytest.importorskip("openvino")
     bench = ROOT / "benchmarks"

@@ -26,23 +26,18 @@ from .registry import DEFAULT_EPOCHS, DEFAULT_MODEL, model_config
 
 
 @dataclass
-class TrainConfig:
-    """The recipe. Defaults reproduce the shipped reference model."""
+class NestedRecipe:
+    """What every nested-core recipe here shares: the budget draw (one prefix budget per step,
+    weights ceil(rank/2) unless given), AdamW with no decay on norms, biases and the core bank,
+    and a linear warmup into a cosine decay."""
 
-    model: str = DEFAULT_MODEL
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 64
     lr: float = 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_steps: int = 200
-    label_smoothing: float = 0.0
     grad_clip: float = 1.0
-    augment: bool = False  # random horizontal flip + 2-pixel shifts; off: 4 epochs underfit, not overfit
     seed: int = 0
     threads: int = 2
-    train_limit: int | None = None  # for smoke tests only
-    eval_limit: int | None = None
     budget_weights: tuple[float, ...] | None = None  # default ceil(rank/2)
 
     def weights(self, tiers: list[int]) -> np.ndarray:
@@ -51,6 +46,31 @@ class TrainConfig:
         if len(w) != len(tiers):
             raise ValueError(f"budget_weights has {len(w)} entries for {len(tiers)} tiers")
         return w / w.sum()
+
+    def optimizer(self, model: torch.nn.Module) -> torch.optim.AdamW:
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "chunks" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "chunks" not in n)]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+
+    def lr_at(self, step: int, total: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        t = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
+
+
+@dataclass
+class TrainConfig(NestedRecipe):
+    """The classifier recipe. Defaults reproduce the shipped reference model."""
+
+    model: str = DEFAULT_MODEL
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    augment: bool = False  # random horizontal flip + 2-pixel shifts; off: 4 epochs underfit, not overfit
+    train_limit: int | None = None  # for smoke tests only
+    eval_limit: int | None = None
 
 
 def to_model_input(images_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -114,21 +134,12 @@ def train(cfg: TrainConfig | None = None, progress: Callable[[int, int, dict], N
     x_train = to_model_input(tr_x, mcfg.mean, mcfg.std)
     y_train = torch.from_numpy(np.array(tr_y))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "chunks" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "chunks" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = cfg.optimizer(model)
     steps_per_epoch = len(x_train) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     tiers = mcfg.core_tiers
     probs = cfg.weights(tiers)
     rng = np.random.default_rng(cfg.seed)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
     t0 = time.perf_counter()
     step = 0
@@ -144,7 +155,7 @@ def train(cfg: TrainConfig | None = None, progress: Callable[[int, int, dict], N
                 xb = _augment(xb, gen)
             cores = int(rng.choice(tiers, p=probs))
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = cfg.lr_at(step, total)
             logits = model(xb, cores=cores)[-1]
             loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)

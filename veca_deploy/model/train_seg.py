@@ -7,7 +7,6 @@ split generated from the Fashion-MNIST test images.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from ..runtimes.fingerprint import cpu_info
 from .. import seg_data
 from .checkpoint import save_pretrained
 from .task import TaskModel, create_task_model
+from .train import NestedRecipe
 
 #: the backbone of the reference seg model: veca_tiny's blocks at 224 px with 16 px patches
 SEG_BACKBONE = "veca_tiny"
@@ -33,29 +33,15 @@ SEG_OVERRIDES: dict[str, Any] = dict(patch_size=16, default_image_size=(224, 224
 
 
 @dataclass
-class SegTrainConfig:
+class SegTrainConfig(NestedRecipe):
     """The recipe. Defaults reproduce the shipped ``veca_tiny_seg``."""
 
     head: str = "conv_decoder"
     steps: int = 1600
     batch_size: int = 16
     size: int = 224
-    lr: float = 2e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
     warmup_steps: int = 50
-    grad_clip: float = 1.0
-    seed: int = 0
-    threads: int = 2
     eval_samples: int = 256
-    budget_weights: tuple[float, ...] | None = None  # default ceil(rank/2)
-
-    def weights(self, tiers: list[int]) -> np.ndarray:
-        w = np.asarray(self.budget_weights if self.budget_weights else
-                       [math.ceil((i + 1) / 2) for i in range(len(tiers))], dtype=np.float64)
-        if len(w) != len(tiers):
-            raise ValueError(f"budget_weights has {len(w)} entries for {len(tiers)} tiers")
-        return w / w.sum()
 
 
 def to_input(images_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -87,19 +73,10 @@ def train_seg(cfg: SegTrainConfig | None = None,
     torch.set_num_threads(cfg.threads)
     overrides = dict(SEG_OVERRIDES, default_image_size=(cfg.size, cfg.size))
     model = create_task_model(SEG_BACKBONE, {"name": cfg.head, "num_classes": seg_data.NUM_SEG_CLASSES}, **overrides)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "chunks" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "chunks" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = cfg.optimizer(model)
     tiers = model.cfg.core_tiers
     probs = cfg.weights(tiers)
     rng = np.random.default_rng(cfg.seed)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
@@ -112,7 +89,7 @@ def train_seg(cfg: SegTrainConfig | None = None,
         y = torch.from_numpy(masks.astype(np.int64))
         cores = int(rng.choice(tiers, p=probs))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = cfg.lr_at(step, cfg.steps)
         loss = F.cross_entropy(model(x, cores=cores)["mask_logits"], y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
