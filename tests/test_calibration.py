@@ -179,3 +179,47 @@ def test_int8_with_relative_paths_and_cache(tiny_bundle, tmp_path, monkeypatch):
     assert list((tmp_path / "cache").rglob("*.json")), "calibration ranges must land in ./cache, not a temp dir"
     again = quantize_onnx_int8(Path("rel/a.onnx"), Path("rel/c.onnx"), cal, OrtRecipe(), cache_dir="cache")
     assert again["calibration_cache"] == "hit"
+
+
+def test_high_resolution_cosine_gate_runs_on_held_out_photos(tmp_path):
+    """From 512 px the default data of a feature-cosine gate is held-out real photos: crops of a
+    seed calibration may not use, so the gate never sees a calibration crop."""
+    from veca_deploy.bundle.manifest import Artifact
+    from veca_deploy.calibration.data import EVAL_PHOTO_SEED, PHOTOS
+    from veca_deploy.calibration.evaluate import DEFAULT_DATA, cosine_gate_data, load_eval_data
+    from veca_deploy.data import photo_sources
+
+    if not photo_sources():
+        pytest.skip("no real photos installed (scikit-image or Debian mate-backgrounds)")
+    art = lambda side: Artifact(format="onnx", precision="int8", cores=8, height=side, width=side,  # noqa: E731
+                                path="x.onnx", sha256="0" * 64, bytes=1, id=f"a{side}", tiers=[8])
+    assert cosine_gate_data(DEFAULT_DATA, [art(224)]) == DEFAULT_DATA
+    assert cosine_gate_data(DEFAULT_DATA, [art(224), art(512)]) == PHOTOS
+    assert cosine_gate_data("my-folder", [art(1024)]) == "my-folder"  # what the user names wins
+    ev = load_eval_data(PHOTOS, Preprocess(), 6)
+    assert len(ev.raw) == 6 and ev.labels is None and "held-out" in ev.name
+    cal = load_calibration(PHOTOS, Preprocess(), (64, 64), count=300)
+    held = [x.tobytes() for x in ev.raw]
+    assert not {x.tobytes() for x in cal.raw[0:40]} & set(held)
+    with pytest.raises(QuantizationError, match="held-out photo stream"):
+        load_calibration(PHOTOS, Preprocess(), (64, 64), count=300, seed=EVAL_PHOTO_SEED)
+
+
+def test_failed_int8_gate_names_calibration_data_unlike_the_gate_images():
+    """The hint a failed INT8 gate gives comes from measured input statistics: N(0,1) noise
+    calibrated and photos checked is named as the likely cause; photos against photos is not."""
+    from veca_deploy.calibration.evaluate import load_eval_data
+    from veca_deploy.calibration.quantize import likely_cause
+    from veca_deploy.data import photo_sources
+
+    if not photo_sources():
+        pytest.skip("no real photos installed (scikit-image or Debian mate-backgrounds)")
+    pre = Preprocess()
+    ev = load_eval_data("photos", pre, 8)
+    noise = np.random.default_rng(0).normal(0, 1, (16, 3, 64, 64)).astype(np.float32)
+    bad = likely_cause(load_calibration(noise, pre, (64, 64), force=True), ev, pre)
+    assert bad.startswith("likely cause: the calibration data is unlike") and ev.name in bad, bad
+    good = likely_cause(load_calibration("photos", pre, (64, 64), count=300), ev, pre)
+    assert "unlike" not in good and "agree" in good and "recipe" in good, good
+    few = likely_cause(load_calibration("photos", pre, (64, 64), count=20, force=True), ev, pre)
+    assert "only 20 calibration images" in few

@@ -31,6 +31,10 @@ MIN_COUNT = 300
 DEFAULT_SEED = 0
 BUILTIN = "fashion-mnist"
 PHOTOS = "photos"  # real high-resolution photos (veca_deploy.data.PhotoCrops), seeded crops
+#: The held-out photo stream of the accuracy gates: crops from a seed no calibration sample may
+#: use (refused below), so a gate never sees a calibration crop. New crops of the same photos,
+#: not new scenes: enough for a parity (feature-cosine) gate, not for a task-accuracy claim.
+EVAL_PHOTO_SEED = 2**31 - 1
 #: Calibration uses this split; accuracy is measured on the other one, so they never overlap.
 CALIB_SPLIT, EVAL_SPLIT = "train", "test"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -304,6 +308,9 @@ def read_source(source: str | Path | np.ndarray, count: int, seed: int = DEFAULT
                     made_by="veca_deploy.seg_data (Fashion-MNIST items on a canvas, seeded per sample)")
     elif str(source) == PHOTOS:
         from ..data import PhotoCrops
+
+        if seed == EVAL_PHOTO_SEED:
+            raise QuantizationError(f"calibration seed {seed} is the accuracy gate's held-out photo stream: choose another --seed")
 
         x = PhotoCrops(requested, seed)
         kind, name = PHOTOS, f"{PHOTOS}:{len(x.sources)}"

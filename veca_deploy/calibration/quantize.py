@@ -25,7 +25,7 @@ from ..formats import EXPORT_FORMATS, EXPORT_PRECISIONS
 from ..preprocess import Preprocess
 from .data import CalibrationSet, load_calibration
 from ..seg_data import SEG_SOURCE
-from .evaluate import (DEFAULT_DATA, DEFAULT_GATE_SAMPLES, DEFAULT_SEG_SAMPLES, cosine_gate_samples, gate,
+from .evaluate import (DEFAULT_DATA, DEFAULT_GATE_SAMPLES, DEFAULT_SEG_SAMPLES, cosine_gate_data, cosine_gate_samples, gate,
                        load_eval_data, measure_accuracy, metric_for, model_eval_data, references)
 from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
@@ -158,6 +158,8 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
     evaluation: dict[str, Any] = {"skipped": "eval_data=None"}
     if eval_data is not None:
         eval_data = model_eval_data(manifest, eval_data)
+    if eval_data is not None and str(eval_data) == DEFAULT_DATA and not fashion_mnist_available() and plan.metric is None:
+        eval_data = cosine_gate_data(eval_data, added)  # held-out photos still gate high resolution
     if eval_data is not None and str(eval_data) in (DEFAULT_DATA, SEG_SOURCE) and not fashion_mnist_available():
         eval_data, evaluation = None, {"skipped": "Fashion-MNIST not installed"}
     if eval_data is not None:
@@ -165,10 +167,14 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
         if eval_limit == DEFAULT_GATE_SAMPLES and str(eval_data) == SEG_SOURCE:
             eval_limit = DEFAULT_SEG_SAMPLES
         ev = load_eval_data(eval_data, pre, eval_limit)
-        if eval_limit == DEFAULT_GATE_SAMPLES and plan.metric is None and \
-                not any(metric_for(manifest, a, ev) is not None for a in added):
-            # feature cosine is resolved by few images: sized from the largest resolution added
-            ev = load_eval_data(eval_data, pre, min(cosine_gate_samples(a.height, a.width) for a in added))
+        if plan.metric is None and not any(metric_for(manifest, a, ev) is not None for a in added):
+            # feature cosine: on real photos at high resolution, and resolved by few images
+            # (sized from the largest resolution added) unless a limit was given
+            gate_data = cosine_gate_data(eval_data, added)
+            if eval_limit == DEFAULT_GATE_SAMPLES or gate_data is not eval_data:
+                n = min(cosine_gate_samples(a.height, a.width) for a in added) \
+                    if eval_limit == DEFAULT_GATE_SAMPLES else eval_limit
+                eval_data, ev = gate_data, load_eval_data(gate_data, pre, n)
         ids = {a.id for a in added}
         refs = references(manifest, added, ev, plan.metric)
         passes = sum(len(a.tiers) for a in refs + added) * ev.samples
@@ -177,8 +183,11 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
         results = measure_accuracy(stage, refs + added, ev, pre, manifest, report, plan.metric)
         problems = gate(manifest, results, allow_drop, ids=ids)
         if problems:
+            failed = [a for a in added if a.precision == "int8" and any(p.startswith(a.id + " ") for p in problems)]
+            cause = likely_cause(cals.get(failed[0].size), ev, pre) if failed else ""
             raise QuantizationError("accuracy gate failed, nothing added: " + "; ".join(problems[:6])
                                     + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else "")
+                                    + (f"; {cause}" if cause else "")
                                     + " (--allow-drop X accepts a larger drop, recorded in the manifest)")
         for a in manifest.artifacts:
             if a.id in results:
@@ -208,6 +217,62 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
     manifest.calibration = calib_rec
     report("quantized", advance=0)
     return added
+
+
+#: Images whose input statistics are compared when an INT8 gate fails, and how far apart counts
+#: as unlike: a channel mean shifted by this many of the gate images' std, a std ratio, or a
+#: difference of neighbouring-pixel correlation (photos ~0.9, N(0,1) noise 0: same mean and std)
+CAUSE_IMAGES = 8
+CAUSE_SHIFT, CAUSE_STD_RATIO, CAUSE_CORRELATION = 0.5, 1.5, 0.3
+
+
+def input_stats(batches: Any, limit: int = CAUSE_IMAGES) -> dict[str, Any]:
+    """Per-channel mean and std, and the mean correlation of horizontally neighbouring pixels,
+    of the first ``limit`` preprocessed NCHW images of ``batches``."""
+    xs, n = [], 0
+    for x in batches:
+        xs.append(np.asarray(x[: limit - n], np.float64))
+        n += len(xs[-1])
+        if n >= limit:
+            break
+    x = np.concatenate(xs)
+    d = x - x.mean(axis=(2, 3), keepdims=True)
+    a, b = d[..., :, :-1], d[..., :, 1:]
+    corr = (a * b).sum(axis=(2, 3)) / np.sqrt((a * a).sum(axis=(2, 3)) * (b * b).sum(axis=(2, 3)) + 1e-12)
+    return {"mean": x.mean(axis=(0, 2, 3)), "std": x.std(axis=(0, 2, 3)), "corr": float(corr.mean())}
+
+
+def likely_cause(cal: CalibrationSet | None, ev: Any, pre: Preprocess) -> str:
+    """Why an INT8 gate most likely failed, from what can be measured: calibration images unlike
+    the gate's (input statistics far apart; e.g. N(0,1) noise calibrated, photos checked), too few
+    calibration images, or, when the data agree, the recipe."""
+    if cal is None:
+        return ""
+    from .evaluate import eval_batches
+
+    try:
+        c = input_stats(cal.batches(CAUSE_IMAGES))
+        e = input_stats(x for _, x in eval_batches(ev, pre, cal.size, batch=CAUSE_IMAGES))
+    except Exception:  # noqa: BLE001  a diagnosis must never hide the gate's own message
+        return ""
+    if c["mean"].shape != e["mean"].shape:
+        return ""
+    tiny = 1e-6
+    shift = float(np.max(np.abs(c["mean"] - e["mean"]) / np.maximum(e["std"], tiny)))
+    ratio = float(np.max(np.maximum(np.maximum(c["std"], tiny) / np.maximum(e["std"], tiny),
+                                    np.maximum(e["std"], tiny) / np.maximum(c["std"], tiny))))
+    dcorr = abs(c["corr"] - e["corr"])
+    fmt = lambda s: f"mean {float(np.mean(s['mean'])):.2f}, std {float(np.mean(s['std'])):.2f}, " \
+                    f"neighbour correlation {s['corr']:.2f}"  # noqa: E731
+    seen = f"calibration {cal.source}: {fmt(c)}; gate {ev.name}: {fmt(e)}"
+    if shift > CAUSE_SHIFT or ratio > CAUSE_STD_RATIO or dcorr > CAUSE_CORRELATION:
+        return (f"likely cause: the calibration data is unlike the gate's images ({seen}): activation ranges "
+                "fitted to other statistics clip or waste the INT8 range; calibrate on images like those the "
+                "model will see (--calib), or gate on them (--eval-data)")
+    if cal.forced:
+        return f"likely cause: only {cal.count} calibration images (inputs agree: {seen}); use at least 300"
+    return (f"calibration and gate inputs agree ({seen}), so the likely cause is the quantization recipe: "
+            "try --method percentile or another --int8-scheme")
 
 
 def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, plan: QuantizePlan,
