@@ -31,6 +31,7 @@ import contextlib
 import inspect
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -112,10 +113,28 @@ def _onnx():
     return onnx
 
 
+def ranges_file(src: Path, cal: CalibrationSet, recipe: OrtRecipe, tiers: list[int] | None = None,
+                cache_dir: str | None = None) -> tuple[str, Path]:
+    """The cache key and the JSON file of ORT's activation ranges for (data, graph, tiers, recipe)."""
+    from onnxruntime import __version__ as ort_version
+
+    batch = calibration_batch(recipe.method, cal.size)
+    # strided MinMax ranges equal the one-shot ones (a min of mins), so MinMax keys are unchanged;
+    # strided histograms differ slightly (bin edges set by the first batch): their own keys
+    streamed = {} if recipe.method == "minmax" else {"calib_stride_batches": STRIDE_BATCHES, "calib_batch": batch}
+    key = cache.entry_key(cal.digest, sha256_file(Path(src).resolve()), ",".join(map(str, tiers or [])) or "static",
+                          {**recipe.to_dict(), "ort": ort_version, **streamed})
+    return key, cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
+
+
 def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRecipe, *,
-                       tiers: list[int] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+                       tiers: list[int] | None = None, cache_dir: str | None = None,
+                       ranges: Path | None = None) -> dict[str, Any]:
     """Write an INT8 QDQ graph of ``src`` to ``dst``. ``tiers`` (elastic graphs) cycles the core
-    selector over calibration batches so the ranges cover every tier. Returns what happened."""
+    selector over calibration batches so the ranges cover every tier. ``ranges``: use these
+    activation ranges (ORT's calibration-cache JSON, e.g. of the same tier's graph at a lower
+    resolution, whose tensor names match) instead of calibrating; ``cal`` then only names the
+    data they came from. Returns what happened."""
     onnx = _onnx()
     from onnxruntime import __version__ as ort_version
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -126,15 +145,16 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
     meta = read_metadata(src)
     t0 = time.perf_counter()
     batch = calibration_batch(recipe.method, cal.size)
-    # strided MinMax ranges equal the one-shot ones (a min of mins), so MinMax keys are unchanged;
-    # strided histograms differ slightly (bin edges set by the first batch): their own keys
-    streamed = {} if recipe.method == "minmax" else {"calib_stride_batches": STRIDE_BATCHES, "calib_batch": batch}
-    key = cache.entry_key(cal.digest, sha256_file(src), ",".join(map(str, tiers or [])) or "static",
-                          {**recipe.to_dict(), "ort": ort_version, **streamed})
-    ranges = cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
     cacheable = calibration_cache_supported()
-    hit = cacheable and ranges.is_file()
-    cache_kw = {"calibration_cache_path": str(ranges)} if cacheable else {}
+    given = ranges is not None
+    if given:
+        if not cacheable:
+            raise QuantizationError(f"reusing activation ranges needs onnxruntime >= 1.27 (calibration_cache_path); "
+                                    f"this is {ort_version}")
+        key, hit = f"ranges:{Path(ranges).stem}", True
+    else:
+        key, ranges = ranges_file(src, cal, recipe, tiers, cache_dir)
+        hit = cacheable and ranges.is_file()
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[recipe.method]
     extra = {"ActivationSymmetric": recipe.symmetric, "WeightSymmetric": True,
@@ -144,6 +164,10 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
     reader = cal.reader(batch_size=batch, extra=extras, input_name=IMAGES)  # preprocesses batch by batch
     pre_note = "quant_pre_process"
     with tempfile.TemporaryDirectory(prefix="veca-q-") as tmp:
+        if given:  # a private copy: ORT rewrites a cache file it rejects
+            shutil.copyfile(ranges, Path(tmp) / "ranges.json")
+            ranges = Path(tmp) / "ranges.json"
+        cache_kw = {"calibration_cache_path": str(ranges)} if cacheable else {}
         pre = Path(tmp) / "pre.onnx"
         root_level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs warnings per tensor
@@ -174,7 +198,9 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
         "veca.precision": "int8", "veca.quantization": recipe.variant})
     m = onnx.load(str(dst))
     q = sum(n.op_type == "QuantizeLinear" for n in m.graph.node)
-    return {"calibration_cache": ("hit" if hit else "miss") if cacheable else f"unsupported by onnxruntime {ort_version}", "cache_key": key, "seconds": round(time.perf_counter() - t0, 2),
+    state = "ranges given" if given else ("hit" if hit else "miss") if cacheable else \
+        f"unsupported by onnxruntime {ort_version}"
+    return {"calibration_cache": state, "cache_key": key, "seconds": round(time.perf_counter() - t0, 2),
             "preprocess": pre_note, "quantize_linear_nodes": q,
             "calibration_order": "priority-based" if reordered else "onnxruntime default"}
 
