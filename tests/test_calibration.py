@@ -223,3 +223,58 @@ def test_failed_int8_gate_names_calibration_data_unlike_the_gate_images():
     assert "unlike" not in good and "agree" in good and "recipe" in good, good
     few = likely_cause(load_calibration("photos", pre, (64, 64), count=20, force=True), ev, pre)
     assert "only 20 calibration images" in few
+
+
+def test_calib_resolution_needs_int8_and_a_side():
+    from veca_deploy.calibration.quantize import QuantizePlan
+    from veca_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="applies to int8"):
+        QuantizePlan.from_options(precisions=["fp16"], calib_resolution=28)
+    with pytest.raises(UsageError, match="side in px"):
+        QuantizePlan.from_options(precisions=["int8"], calib="fashion-mnist", calib_resolution=0)
+
+
+@pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
+def test_onnx_int8_reuses_ranges_calibrated_at_a_lower_resolution(tmp_path):
+    """--calib-resolution: the 42 px graph is quantized with the 28 px graph's activation ranges
+    (the same scales, every tensor covered), recorded per artifact and in the calibration record,
+    and gated like any artifact; a side the bundle lacks, or a larger one, is refused up front."""
+    import onnx
+    from onnx import numpy_helper
+
+    import veca_deploy
+    from veca_deploy.bundle.manifest import read_manifest
+    from veca_deploy.calibration.quantize import quantize
+    from veca_deploy.errors import UsageError
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed (Debian dataset-fashion-mnist)")
+    b = tmp_path / "b"
+    veca_deploy.export("veca_tiny", random_weights=True, out=b, cores=[8], image_sizes=[(28, 28), (42, 42)],
+                       formats=["onnx"], precisions=["fp32"])
+    for side, match in ((35, "no FP32 ONNX graph at 35x35.*--image-size 35"), (112, "no static ONNX graph larger than 112x112")):
+        with pytest.raises(UsageError, match=match):
+            quantize(b, calib="fashion-mnist", count=64, allow_small=True, formats=["onnx"], calib_resolution=side)
+    m = quantize(b, calib="fashion-mnist", count=64, allow_small=True, formats=["onnx"], calib_resolution=28)
+    assert read_manifest(b).calibration["onnx_ranges_from_side"] == 28
+    lo = next(a for a in m.artifacts if a.precision == "int8" and a.height == 28)
+    hi = next(a for a in m.artifacts if a.precision == "int8" and a.height == 42)
+    fp_lo = next(a for a in m.artifacts if a.precision == "fp32" and a.height == 28)
+    assert "ranges_from" not in lo.details and lo.details["quantization"]["calibration_cache"] in ("miss", "hit")
+    assert hi.details["ranges_from"] == {"artifact": fp_lo.id, "size": "28x28",
+                                         "calibration_sha256": lo.details["calibration_sha256"]}
+    assert hi.details["quantization"]["calibration_cache"] == "ranges given"
+    assert hi.details["quantization"]["quantize_linear_nodes"] == lo.details["quantization"]["quantize_linear_nodes"]
+    assert hi.accuracy and lo.accuracy  # gated
+
+    def scales(a):
+        g = onnx.load(str(b / a.path)).graph
+        inits = {t.name: t for t in g.initializer}
+        return {n.input[0]: float(numpy_helper.to_array(inits[n.input[1]]).ravel()[0])
+                for n in g.node if n.op_type == "QuantizeLinear" and n.input[1] in inits
+                and n.input[0] not in inits}
+
+    s_lo, s_hi = scales(lo), scales(hi)
+    assert s_lo and set(s_lo) == set(s_hi)
+    assert all(s_lo[k] == pytest.approx(s_hi[k], rel=1e-6) for k in s_lo)

@@ -281,6 +281,10 @@ def r_budget_zero(c: Ctx):
     return ["select", str(c.bundle()), "--budget-ms", "0", "--no-measure"]
 
 
+def r_calib_resolution_no_larger(c: Ctx):
+    return ["quantize", str(c.bundle()), "--calib", "fashion-mnist", "--calib-resolution", "14", "-q"]
+
+
 def r_budget_negative(c: Ctx):
     return ["select", str(c.bundle()), "--budget-ms=-5", "--no-measure"]
 
@@ -459,6 +463,7 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], type[VecaError], tuple[str, .
     # requests
     "budget-zero": (r_budget_zero, UsageError, ("budget", "got 0")),
     "budget-negative": (r_budget_negative, UsageError, ("budget", "-5")),
+    "calib-resolution-no-larger": (r_calib_resolution_no_larger, UsageError, ("--calib-resolution 14", "14x14")),
     "budget-not-a-number": (r_budget_text, UsageError, ("--budget-ms", "'fast'")),
     "budget-unsatisfiable": (r_budget_unsatisfiable, BudgetError, ("fastest",)),
     "budget-no-profile": (r_no_profile, BudgetError, ("no latency profile", "bench")),

@@ -46,13 +46,16 @@ from .common import (console, int8_scheme_option, parse_int_list, parse_list, pa
 @click.option("--postprocess", default=None, help="Task models: argmax and/or softmax of the dense mask_logits "
               "output, inside the graph (argmax: the application gets an integer mask).")
 @click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--calib-resolution", type=int, default=None,
+              help="int8: ONNX graphs larger than NxN reuse the activation ranges of the same tier at NxN (export "
+                   "that size too: --image-size N); see quantize --help.")
 @click.option("--allow-small-calib", is_flag=True, help="Accept fewer than 300 calibration images (recorded).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, target, allow_drop, resize_mode, crop_pct,
             no_antialias, batch, opset, exporter,
             simplifier, elastic, random_weights, config, model_factory, checkpoint, output_names, postprocess, out,
-            allow_small_calib, force, quiet):
+            calib_resolution, allow_small_calib, force, quiet):
     """Export SOURCE (the built-in reference model by default, a registry name with
     --random-weights, or a checkpoint path) into a bundle at --out."""
     from ..errors import UsageError
@@ -81,6 +84,8 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
     calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme, "target": target}
     if calib_size is not None:
         calib_options["count"] = calib_size
+    if calib_resolution is not None:
+        calib_options["calib_resolution"] = calib_resolution
     if allow_drop is not None:
         calib_options["allow_drop"] = allow_drop
     with progress_reporter(not quiet) as report:
