@@ -14,18 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BLOCKER = textwrap.dedent("""
-    import sys
-
-    class _NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith(("torch.", "torchvision", "onnxscript")):
-                raise ImportError(f"{name} is blocked: this test simulates an edge device without torch")
-            return None
-
-    sys.meta_path.insert(0, _NoTorch())
-""")
-
+from .torchless import run_without_torch
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle, tmp_path_factory) -> Path:
@@ -35,9 +24,7 @@ def bundle(tiny_bundle, tmp_path_factory) -> Path:
 
 
 def _run(code: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code), *args], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=tmp)
+    return run_without_torch(code, *args, cwd=tmp)
 
 
 # The torch side of the package: only these may need torch (and the export extra's packages).

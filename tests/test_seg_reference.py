@@ -6,14 +6,13 @@ mIoU, accepts a user's callable metric and per-pixel targets from an .npz, gates
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .torchless import run_without_torch
 
 import veca_deploy
 from veca_deploy.calibration.evaluate import evaluate, gate, load_eval_data, targets_at
@@ -184,17 +183,11 @@ def test_segment_folder_example_without_torch(seg_bundle, tmp_path):
         Image.fromarray(data[i:i + 1][0]).save(src / f"img{i}.png")
     code = textwrap.dedent(f'''
         import runpy, sys
-        class _NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("blocked")
-        sys.meta_path.insert(0, _NoTorch())
         sys.argv = ["segment_folder.py", {str(seg_bundle)!r}, {str(src)!r}, "--out", {str(tmp_path / "masks")!r},
                     "--budget-ms", "10000", "--backend", "onnxruntime"]
         runpy.run_path({str(ROOT / "examples" / "segment_folder.py")!r}, run_name="__main__")
     ''')
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    r = run_without_torch(code, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
     assert "3 masks in" in r.stdout and "Traceback" not in r.stderr
     masks = sorted((tmp_path / "masks").iterdir())
