@@ -59,10 +59,14 @@ def parse(argv=None):
     ap.add_argument("--calib-counts", default="300,512")
     ap.add_argument("--plan", default=None,
                     help="explicit order instead of the size lists: e.g. 'fp@1024,int8:300@1024,fp@224' "
-                         "(fp = FP32+FP16 4-tier export, int8:N = one-tier INT8 with N calibration images)")
+                         "(fp = FP32+FP16 4-tier export, int8:N = one-tier INT8 with N calibration images, "
+                         "int8*:N = INT8 of every --cores tier)")
     ap.add_argument("--timeout-s", type=float, default=3 * 3600, help="per configuration")
     ap.add_argument("--keep", default=None, help="keep the bundles under this folder")
     ap.add_argument("--smoke", action="store_true", help="built-in 28x28 model, 2 tiers, seconds")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="keep the rows of an earlier toolchain_cost.json from this same machine (its CPU model "
+                         "and ISA must match); a row this run measures again replaces the earlier one")
     return ap.parse_args(argv)
 
 
@@ -89,9 +93,10 @@ def configs(a) -> list[Config]:
             if kind == "fp":
                 out += configs(argparse.Namespace(**{**vars(a), "plan": None, "sizes": size, "int8_sizes": ""}))
             else:
-                n = kind.split(":")[1]
+                name, n = kind.split(":")
+                every = name == "int8*"  # every tier of --cores, not only --int8-cores
                 out += configs(argparse.Namespace(**{**vars(a), "plan": None, "sizes": "", "int8_sizes": size,
-                                                     "calib_counts": n}))
+                                                     "calib_counts": n, **({"int8_cores": a.cores} if every else {})}))
         return out
     out = []
     for s in ints(a.sizes):
@@ -100,7 +105,8 @@ def configs(a) -> list[Config]:
                                            "fp32,fp16", "--elastic", "--force", "-q"]))
     for s in ints(a.int8_sizes):
         for n in ints(a.calib_counts):
-            out.append(Config(f"int8 n={n}", s, ["export", a.model, "--random-weights", "--cores", a.int8_cores,
+            tiers = len(ints(a.int8_cores))
+            out.append(Config(f"int8 n={n}" + (f" x{tiers} tiers" if tiers > 1 else ""), s, ["export", a.model, "--random-weights", "--cores", a.int8_cores,
                                                  "--image-size", str(s), "--formats", "onnx,openvino", "--precision",
                                                  "int8", "--calib", a.calib, "--calib-size", str(n), "--force", "-q"],
                               calib_count=n))
@@ -215,6 +221,23 @@ def passes_needed(bundle: Path, calib_count: int | None) -> dict[str, dict[int, 
     return need
 
 
+def merged(rows: list[dict[str, Any]], earlier: list[str], result: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` after the rows of ``earlier`` result files that this run did not measure again.
+    Figures from another machine never share a table: a file whose machine differs is refused."""
+    keep: list[dict[str, Any]] = []
+    for path in earlier:
+        old = json.loads(Path(path).read_text())
+        if old.get("machine") != result["machine"]:
+            raise SystemExit(f"--merge {path}: measured on {old.get('machine')!r}, not on this machine "
+                             f"({result['machine']!r})")
+        result.setdefault("merged_from", []).append({"file": str(path), "started": old.get("started")})
+        keep += old.get("runs", [])
+    fresh = {(r["config"], r["size"]) for r in rows}
+    out = [r for r in keep if (r["config"], r["size"]) not in fresh] + rows
+    order = {"fp32+fp16": 0}
+    return sorted(out, key=lambda r: (order.get(r["config"], 1), r["config"], r["size"]))
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     fp = cm.fingerprint()
@@ -244,7 +267,8 @@ def main(argv=None) -> dict:
         rows.append(r)
         if not a.keep:
             shutil.rmtree(out, ignore_errors=True)
-    result["runs"] = rows
+    result["runs"] = merged(rows, a.merge, result)
+    rows = result["runs"]
     cm.finish(result)
     md = (f"Machine: {result['machine']}. `veca-deploy export` ({result['model']}), one fresh process per row; "
           "peak RSS is the whole process's; bare = forward passes the gates/calibration need x the FP32 ONNX "

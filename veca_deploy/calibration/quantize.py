@@ -305,11 +305,6 @@ def ranges_sources(manifest: Manifest, jobs: Sequence[tuple[Artifact, str]], sid
         return {}
     from .onnx_quant import calibration_cache_supported
 
-    if not calibration_cache_supported():
-        from onnxruntime import __version__ as v
-
-        raise UsageError(f"--calib-resolution needs onnxruntime >= 1.27 (quantize_static calibration_cache_path); "
-                         f"this is {v}")
     out, missing = {}, []
     for a, p in jobs:
         if p != "int8" or a.format != "onnx" or a.elastic or a.height < side or a.width < side \
@@ -326,6 +321,11 @@ def ranges_sources(manifest: Manifest, jobs: Sequence[tuple[Artifact, str]], sid
                          f"{', '.join(sorted(set(missing)))} (export it too: --image-size {side})")
     if not out:
         raise UsageError(f"--calib-resolution {side}: no static ONNX graph larger than {side}x{side} to quantize")
+    if not calibration_cache_supported():
+        from onnxruntime import __version__ as v
+
+        raise UsageError(f"--calib-resolution {side} needs onnxruntime >= 1.27 (quantize_static "
+                         f"calibration_cache_path); this is {v}")
     return out
 
 
