@@ -278,3 +278,26 @@ def test_onnx_int8_reuses_ranges_calibrated_at_a_lower_resolution(tmp_path):
     s_lo, s_hi = scales(lo), scales(hi)
     assert s_lo and set(s_lo) == set(s_hi)
     assert all(s_lo[k] == pytest.approx(s_hi[k], rel=1e-6) for k in s_lo)
+
+
+def test_calibration_reports_images_read_per_pass():
+    """Long calibrations never look hung: ORT's reader and NNCF's samples report the images
+    handed out after every batch; the ticker turns that into throttled lines, the last of each
+    pass always, with the pass number from NNCF's second pass on."""
+    from veca_deploy.calibration.quantize import calibration_ticker
+
+    x = np.random.default_rng(0).integers(0, 255, (40, 28, 28), dtype=np.uint8)
+    cal = load_calibration(x, Preprocess(), (28, 28), force=True)
+    seen, lines = [], []
+    r = cal.reader(batch_size=16, progress=lambda d, t: seen.append((d, t)))
+    assert sum(1 for _ in r) == 3 and seen == [(16, 40), (32, 40), (40, 40)]
+    tick = calibration_ticker(lambda step, advance=0: lines.append(step), "onnx int8 c8 28x28", every_s=3600)
+    s = cal.samples(tick)
+    assert sum(1 for _ in s) == 40 and sum(1 for _ in s) == 40  # two statistics passes
+    assert lines == ["onnx int8 c8 28x28: 40/40 calibration images",
+                     "onnx int8 c8 28x28: 40/40 calibration images (pass 2)"]
+    every = []
+    t2 = calibration_ticker(lambda step, advance=0: every.append(step), "x", every_s=0.0)
+    for _ in cal.reader(batch_size=16, progress=t2):
+        pass
+    assert every == ["x: 16/40 calibration images", "x: 32/40 calibration images", "x: 40/40 calibration images"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -166,12 +166,12 @@ class CalibrationSet:
                 "sha256": self.digest, **self.info}
 
     def reader(self, batch_size: int = 16, extra: dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None = None,
-               input_name: str = "images") -> "CalibrationReader":
-        return CalibrationReader(self, batch_size=batch_size, extra=extra, input_name=input_name)
+               input_name: str = "images", progress: Callable[[int, int], None] | None = None) -> "CalibrationReader":
+        return CalibrationReader(self, batch_size=batch_size, extra=extra, input_name=input_name, progress=progress)
 
-    def samples(self) -> "CalibrationSamples":
+    def samples(self, progress: Callable[[int, int], None] | None = None) -> "CalibrationSamples":
         """One preprocessed image (1xCxHxW) per item, re-iterable (NNCF's data source)."""
-        return CalibrationSamples(self)
+        return CalibrationSamples(self, progress)
 
 
 class CalibrationSamples:
@@ -181,16 +181,21 @@ class CalibrationSamples:
     min/max, then bias correction), preprocessing one resolution-sized batch at a time. No
     ``__getitem__`` on purpose: NNCF then iterates instead of preprocessing image by image."""
 
-    def __init__(self, cal: CalibrationSet) -> None:
+    def __init__(self, cal: CalibrationSet, progress: Callable[[int, int], None] | None = None) -> None:
         self.cal = cal
+        self.progress = progress  # (images handed out in this pass, count) after every batch
 
     def __len__(self) -> int:
         return self.cal.count
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        done = 0
         for xb in self.cal.batches():
             for i in range(len(xb)):
                 yield xb[i:i + 1]
+            done += len(xb)
+            if self.progress is not None:
+                self.progress(done, self.cal.count)
 
 
 class CalibrationReader:
@@ -202,13 +207,14 @@ class CalibrationReader:
 
     def __init__(self, images: np.ndarray | CalibrationSet, batch_size: int = 16,
                  extra: dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None = None,
-                 input_name: str = "images") -> None:
+                 input_name: str = "images", progress: Callable[[int, int], None] | None = None) -> None:
         if batch_size < 1:
             raise QuantizationError(f"calibration batch size must be >= 1, got {batch_size}")
         self.images = images
         self.batch_size = batch_size
         self.extras = extra if isinstance(extra, list) else [extra or {}]
         self.input_name = input_name
+        self.progress = progress  # (images handed out, total) after every batch
         self._i = 0
         self._end = len(self)
 
@@ -226,6 +232,8 @@ class CalibrationReader:
         b = self._i
         self._i += 1
         x = self._take(b * self.batch_size, (b + 1) * self.batch_size)
+        if self.progress is not None:
+            self.progress(min(len(self.images), (b + 1) * self.batch_size), len(self.images))
         return {self.input_name: x, **self.extras[b % len(self.extras)]}
 
     def set_range(self, start_index: int, end_index: int) -> None:

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..bundle.io import sha256_file
 from ..convert.onnx_graph import read_metadata, set_metadata, update_metadata
@@ -129,12 +129,13 @@ def ranges_file(src: Path, cal: CalibrationSet, recipe: OrtRecipe, tiers: list[i
 
 def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRecipe, *,
                        tiers: list[int] | None = None, cache_dir: str | None = None,
-                       ranges: Path | None = None) -> dict[str, Any]:
+                       ranges: Path | None = None, progress: Callable[[int, int], None] | None = None
+                       ) -> dict[str, Any]:
     """Write an INT8 QDQ graph of ``src`` to ``dst``. ``tiers`` (elastic graphs) cycles the core
     selector over calibration batches so the ranges cover every tier. ``ranges``: use these
     activation ranges (ORT's calibration-cache JSON, e.g. of the same tier's graph at a lower
     resolution, whose tensor names match) instead of calibrating; ``cal`` then only names the
-    data they came from. Returns what happened."""
+    data they came from. ``progress(done, total)`` after every calibration batch. Returns what happened."""
     onnx = _onnx()
     from onnxruntime import __version__ as ort_version
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -161,7 +162,8 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
              "QuantizeBias": not recipe.symmetric, "CalibPercentile": recipe.percentile,
              "CalibStridedMinMax": STRIDE_BATCHES}
     extras = [{CORE_SELECT: core_select(t)} for t in tiers] if tiers else None
-    reader = cal.reader(batch_size=batch, extra=extras, input_name=IMAGES)  # preprocesses batch by batch
+    reader = cal.reader(batch_size=batch, extra=extras, input_name=IMAGES,  # preprocesses batch by batch
+                        progress=progress)
     pre_note = "quant_pre_process"
     with tempfile.TemporaryDirectory(prefix="veca-q-") as tmp:
         if given:  # a private copy: ORT rewrites a cache file it rejects

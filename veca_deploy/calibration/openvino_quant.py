@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,8 +22,10 @@ from .recipe import NncfRecipe
 
 
 def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, recipe: NncfRecipe, *,
-                           cache_dir: str | None = None) -> dict[str, Any]:
-    """Write an INT8 IR (``dst_xml`` + ``.bin``) of ``src_xml``; returns what happened."""
+                           cache_dir: str | None = None, progress: Callable[[int, int], None] | None = None
+                           ) -> dict[str, Any]:
+    """Write an INT8 IR (``dst_xml`` + ``.bin``) of ``src_xml``; returns what happened.
+    ``progress(done, total)`` after every batch NNCF reads (once per statistics pass)."""
     try:
         import nncf
         import openvino as ov
@@ -44,7 +46,7 @@ def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, re
         # one image per item: NNCF's statistics treat axis 0 as the sample axis. Lazy and
         # re-iterable: NNCF iterates the data source once per statistics pass (min/max, bias
         # correction); each pass preprocesses one resolution-sized batch at a time.
-        data = nncf.Dataset(cal.samples(), np.ascontiguousarray)
+        data = nncf.Dataset(cal.samples(progress), np.ascontiguousarray)
         adv = AdvancedQuantizationParameters()
         if not recipe.smooth_quant:
             adv = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1,

@@ -166,7 +166,9 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
                     f": ranges calibrated at {low.height}x{low.width} ({low.id}), then parity" if low is not None else "")
             report(f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}{work}",
                    advance=0)
-            art = _derive(stage, src, prec, cal, plan, refs, failures, low=low, ranges=ranges)
+            tick = calibration_ticker(report, f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} "
+                                              f"{src.height}x{src.width}")
+            art = _derive(stage, src, prec, cal, plan, refs, failures, low=low, ranges=ranges, progress=tick)
             added.append(art)
     if failures:
         raise QuantizationError("parity gate failed, nothing added: " + "; ".join(failures[:6])
@@ -296,6 +298,30 @@ def likely_cause(cal: CalibrationSet | None, ev: Any, pre: Preprocess) -> str:
             "try --method percentile or another --int8-scheme")
 
 
+#: seconds between progress lines while calibrating (and the last batch always reports)
+TICK_S = 10.0
+
+
+def calibration_ticker(report: Progress, label: str, every_s: float = TICK_S) -> Callable[[int, int], None]:
+    """``tick(done, total)`` for the calibration readers: a progress line ``label: done/total
+    calibration images`` at most every ``every_s`` seconds and at the end of each pass (NNCF
+    reads the data once per statistics pass: the pass number is shown from the second)."""
+    import time
+
+    state = {"t": time.monotonic(), "pass": 1, "last": 0}
+
+    def tick(done: int, total: int) -> None:
+        if done < state["last"] or state["last"] >= total:  # a new pass began
+            state["pass"] += 1
+        state["last"] = done
+        now = time.monotonic()
+        if done >= total or now - state["t"] >= every_s:
+            state["t"] = now
+            report(f"{label}: {done}/{total} calibration images" + (f" (pass {state['pass']})" if state["pass"] > 1
+                                                                     else ""), advance=0)
+    return tick
+
+
 def ranges_sources(manifest: Manifest, jobs: Sequence[tuple[Artifact, str]], side: int | None) -> dict[str, Artifact]:
     """For ``calib_resolution``: FP32 ONNX source id -> the same tier's static FP32 ONNX graph at
     ``side`` x ``side`` whose activation ranges it reuses (for each larger static ONNX graph that
@@ -330,7 +356,8 @@ def ranges_sources(manifest: Manifest, jobs: Sequence[tuple[Artifact, str]], sid
 
 
 def _low_ranges(stage: Path, low: Artifact, cal: CalibrationSet, plan: QuantizePlan,
-                ranges: dict[str, tuple[Path, int]]) -> tuple[Path, int]:
+                ranges: dict[str, tuple[Path, int]], progress: Callable[[int, int], None] | None = None
+                ) -> tuple[Path, int]:
     """The ORT ranges file of ``low`` (calibrated now unless this run or the cache has it) and
     how many tensors its INT8 graph quantizes."""
     import tempfile
@@ -340,7 +367,7 @@ def _low_ranges(stage: Path, low: Artifact, cal: CalibrationSet, plan: QuantizeP
     if low.id not in ranges or not ranges[low.id][0].is_file():
         with tempfile.TemporaryDirectory(prefix="veca-ranges-") as tmp:
             info = quantize_onnx_int8(stage / low.path, Path(tmp) / "low.int8.onnx", cal, plan.recipe,
-                                      cache_dir=plan.cache_dir)
+                                      cache_dir=plan.cache_dir, progress=progress)
         ranges[low.id] = (ranges_file(stage / low.path, cal, plan.recipe, None, plan.cache_dir)[1],
                           int(info["quantize_linear_nodes"]))
     return ranges[low.id]
@@ -348,7 +375,8 @@ def _low_ranges(stage: Path, low: Artifact, cal: CalibrationSet, plan: QuantizeP
 
 def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, plan: QuantizePlan,
             refs: BundleReferences, failures: list[str], *, low: Artifact | None = None,
-            ranges: dict[str, tuple[Path, int]] | None = None) -> Artifact:
+            ranges: dict[str, tuple[Path, int]] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Artifact:
     """One FP16/INT8 artifact from ``src``, parity-checked. ``low``: an ONNX INT8 reuses that
     lower-resolution graph's ranges (``cal`` is its calibration set); ``ranges`` memoises them."""
     from .onnx_quant import convert_onnx_fp16, quantize_onnx_int8, ranges_file, tensorrt_check
@@ -367,12 +395,13 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
             assert cal is not None
             if low is None:
                 info = quantize_onnx_int8(src_path, stage / rel, cal, plan.recipe,
-                                          tiers=src.tiers if src.elastic else None, cache_dir=plan.cache_dir)
+                                          tiers=src.tiers if src.elastic else None, cache_dir=plan.cache_dir,
+                                          progress=progress)
                 if not src.elastic and plan.calib_resolution is not None:
                     ranges[src.id] = (ranges_file(src_path, cal, plan.recipe, None, plan.cache_dir)[1],
                                       int(info["quantize_linear_nodes"]))
             else:
-                path, want = _low_ranges(stage, low, cal, plan, ranges)
+                path, want = _low_ranges(stage, low, cal, plan, ranges, progress)
                 info = quantize_onnx_int8(src_path, stage / rel, cal, plan.recipe, ranges=path)
                 details["ranges_from"] = {"artifact": low.id, "size": f"{low.height}x{low.width}",
                                           "calibration_sha256": cal.digest}
@@ -391,7 +420,8 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
 
         assert cal is not None
         rel = f"openvino/int8/{Path(src.path).name}"
-        info = quantize_openvino_int8(src_path, stage / rel, cal, plan.nncf_recipe, cache_dir=plan.cache_dir)
+        info = quantize_openvino_int8(src_path, stage / rel, cal, plan.nncf_recipe, cache_dir=plan.cache_dir,
+                                      progress=progress)
         details.update(recipe=plan.nncf_recipe.to_dict(), quantization=info, calibration_sha256=cal.digest,
                        parity_inference_precision="f32")
         if plan.target is not None:
