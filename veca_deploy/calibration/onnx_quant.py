@@ -124,7 +124,12 @@ def ranges_file(src: Path, cal: CalibrationSet, recipe: OrtRecipe, tiers: list[i
     streamed = {} if recipe.method == "minmax" else {"calib_stride_batches": STRIDE_BATCHES, "calib_batch": batch}
     key = cache.entry_key(cal.digest, sha256_file(Path(src).resolve()), ",".join(map(str, tiers or [])) or "static",
                           {**recipe.to_dict(), "ort": ort_version, **streamed})
-    return key, cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
+    return key, ranges_path(key, cache_dir)
+
+
+def ranges_path(key: str, cache_dir: str | None = None) -> Path:
+    """Where the ranges of cache ``key`` (a quantize record's ``cache_key``) are kept."""
+    return cache.cache_root(cache_dir) / "calibration" / "onnxruntime" / f"{key}.json"
 
 
 def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRecipe, *,

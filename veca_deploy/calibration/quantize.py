@@ -164,11 +164,10 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
             work = (f": calibrating, {cal.count} forward passes (tiers take turns per batch), then parity"
                     if prec == "int8" and cal is not None and low is None else
                     f": ranges calibrated at {low.height}x{low.width} ({low.id}), then parity" if low is not None else "")
-            report(f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}{work}",
-                   advance=0)
-            tick = calibration_ticker(report, f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} "
-                                              f"{src.height}x{src.width}")
-            art = _derive(stage, src, prec, cal, plan, refs, failures, low=low, ranges=ranges, progress=tick)
+            label = f"{src.format} {prec} {'elastic' if src.elastic else f'c{src.cores}'} {src.height}x{src.width}"
+            report(label + work, advance=0)
+            art = _derive(stage, src, prec, cal, plan, refs, failures, low=low, ranges=ranges,
+                          progress=calibration_ticker(report, label))
             added.append(art)
     if failures:
         raise QuantizationError("parity gate failed, nothing added: " + "; ".join(failures[:6])
@@ -362,14 +361,13 @@ def _low_ranges(stage: Path, low: Artifact, cal: CalibrationSet, plan: QuantizeP
     how many tensors its INT8 graph quantizes."""
     import tempfile
 
-    from .onnx_quant import quantize_onnx_int8, ranges_file
+    from .onnx_quant import quantize_onnx_int8, ranges_path
 
     if low.id not in ranges or not ranges[low.id][0].is_file():
         with tempfile.TemporaryDirectory(prefix="veca-ranges-") as tmp:
             info = quantize_onnx_int8(stage / low.path, Path(tmp) / "low.int8.onnx", cal, plan.recipe,
                                       cache_dir=plan.cache_dir, progress=progress)
-        ranges[low.id] = (ranges_file(stage / low.path, cal, plan.recipe, None, plan.cache_dir)[1],
-                          int(info["quantize_linear_nodes"]))
+        ranges[low.id] = (ranges_path(info["cache_key"], plan.cache_dir), int(info["quantize_linear_nodes"]))
     return ranges[low.id]
 
 
@@ -379,7 +377,7 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
             progress: Callable[[int, int], None] | None = None) -> Artifact:
     """One FP16/INT8 artifact from ``src``, parity-checked. ``low``: an ONNX INT8 reuses that
     lower-resolution graph's ranges (``cal`` is its calibration set); ``ranges`` memoises them."""
-    from .onnx_quant import convert_onnx_fp16, quantize_onnx_int8, ranges_file, tensorrt_check
+    from .onnx_quant import convert_onnx_fp16, quantize_onnx_int8, ranges_path, tensorrt_check
 
     ranges = {} if ranges is None else ranges
 
@@ -398,7 +396,7 @@ def _derive(stage: Path, src: Artifact, prec: str, cal: CalibrationSet | None, p
                                           tiers=src.tiers if src.elastic else None, cache_dir=plan.cache_dir,
                                           progress=progress)
                 if not src.elastic and plan.calib_resolution is not None:
-                    ranges[src.id] = (ranges_file(src_path, cal, plan.recipe, None, plan.cache_dir)[1],
+                    ranges[src.id] = (ranges_path(info["cache_key"], plan.cache_dir),
                                       int(info["quantize_linear_nodes"]))
             else:
                 path, want = _low_ranges(stage, low, cal, plan, ranges, progress)
