@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,45 @@ import numpy as np
 from veca_deploy.runtimes.timing import interleaved  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the ``veca-deploy`` a user runs: the console script beside this interpreter, else the module
+CLI = ([str(Path(sys.executable).parent / "veca-deploy")] if (Path(sys.executable).parent / "veca-deploy").is_file()
+       else [sys.executable, "-m", "veca_deploy.cli"])
+
+
+def run_cli(argv: list[str], timeout_s: float = 3600, env: dict[str, str] | None = None,
+            sample_s: float = 0.05) -> dict[str, Any]:
+    """One fresh ``veca-deploy`` process, as a user runs it: exit code, wall time, peak RSS (sampled
+    from outside, and the kernel's ``ru_maxrss`` of children when this is the largest child so
+    far), stdout/stderr (through files: a full pipe would stall the child), and the RSS samples
+    ``(time, bytes)`` for callers that attribute memory to steps."""
+    import psutil
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(CLI + argv, stdout=fo, stderr=fe, env=env, text=True)
+        ps = psutil.Process(proc.pid)
+        samples: list[tuple[float, int]] = []
+        while proc.poll() is None:
+            try:
+                samples.append((time.time(), ps.memory_info().rss))
+            except psutil.Error:
+                break
+            if time.perf_counter() - t0 > timeout_s:
+                proc.kill()
+                break
+            time.sleep(sample_s)
+        proc.wait()
+        wall = time.perf_counter() - t0
+        fo.seek(0), fe.seek(0)
+        out, err = fo.read(), fe.read()
+    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    sampled = max((r for _, r in samples), default=0)
+    peak = max(peak_child, sampled) if peak_child > before * 1024 else sampled
+    return {"argv": ["veca-deploy", *argv], "rc": proc.returncode, "wall_s": round(wall, 1),
+            "peak_rss_gb": round(peak / 2**30, 3), "stdout": out, "stderr": err, "samples": samples,
+            "error": (err.strip().splitlines() or ["killed"])[-1][:300] if proc.returncode else None}
 
 
 # ------------------------------------------------------------------------------ device

@@ -19,6 +19,12 @@ latency); for the reference model the bundle's own Fashion-MNIST TRAIN calibrati
 OpenVINO "FP16" is the FP16-compressed IR the bundles ship; on a CPU without native FP16/BF16
 compute it executes in f32 (the execution precision OpenVINO reports is recorded).
 
+The speed target of issue 15 is about the product, not an inner function: ``--product`` (on by
+default for the C=16 tier at 512 px) exports that tier through the real CLI (``veca-deploy export
+--precision fp32,int8 --calib photos`` with every gate, the host's ``--target``), runs ``veca-deploy
+bench``, asks ``veca-deploy select`` for the most accurate path whose median fits eager / target,
+then times what ``Runtime.open`` serves for that decision side by side with eager PyTorch.
+
     python benchmarks/deploy_speedup.py                       # full run
     python benchmarks/deploy_speedup.py --bundle DIR          # reuse a reference bundle
     python benchmarks/deploy_speedup.py --smoke --out /tmp/x  # CI
@@ -40,7 +46,7 @@ import _common as cm  # noqa: E402
 
 NAME = "deploy_speedup"
 VARIANTS = ("torch_fp32", "ort_fp32", "ort_fp16", "ort_int8", "ort_int8_u8s8", "ov_fp32", "ov_fp16", "ov_int8",
-            "ov_fp32_bf16", "ov_fp32_f16")  # the last two: execution variants, where the CPU runs them natively
+            "ov_int8_bf16", "ov_fp32_bf16", "ov_fp32_f16")  # *_bf16/_f16: execution variants, where the CPU runs them
 
 
 def parse(argv=None):
@@ -63,6 +69,14 @@ def parse(argv=None):
                     help="M,K,N of the single-MatMul model that measures each backend/precision's practical peak")
     ap.add_argument("--bundle", default=None, help="reference bundle to reuse (else one is exported)")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--product", default="16@512",
+                    help="C@size tiers (of --model) to also run through the CLI: export, bench, select at eager / "
+                         "target, then the chosen path vs eager; '' for none")
+    ap.add_argument("--product-goal", type=float, default=None,
+                    help="speed-up over eager the selected path must reach (default: the issue-15 target of this "
+                         "CPU's class; --smoke: 1)")
+    ap.add_argument("--product-calib", type=int, default=64,
+                    help="photo crops the CLI export calibrates on (forced below the 300 minimum: random weights)")
     ap.add_argument("--out", default=str(cm.RESULTS))
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args(argv)
@@ -72,6 +86,10 @@ def parse(argv=None):
             a.peak_shape = "64,64,256"
         if a.int8_tiers == ap.get_default("int8_tiers"):
             a.int8_tiers = "8@28"
+        if a.product == ap.get_default("product"):
+            a.product, a.product_calib = "8@28", 8
+        if a.product_goal is None:  # at 28 px the runtimes' own call cost is what is left to win
+            a.product_goal = 1.0
     a.sizes = [int(s) for s in str(a.sizes).split(",") if s]
     try:
         a.peak_shape = [int(v) for v in str(a.peak_shape).split(",")]
@@ -81,6 +99,7 @@ def parse(argv=None):
     a.cores = [int(c) for c in str(a.cores).split(",") if c]
     a.int8 = ({(c, s) for c in a.cores for s in a.sizes} if a.int8_tiers == "all" else
               {tuple(int(v) for v in t.split("@")) for t in a.int8_tiers.split(",") if t})
+    a.product = [tuple(int(v) for v in t.split("@")) for t in str(a.product).split(",") if t]
     return a
 
 
@@ -154,11 +173,12 @@ def main(argv=None) -> dict:
     from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
     from veca_deploy.calibration.openvino_quant import quantize_openvino_int8
     from veca_deploy.calibration.recipe import NncfRecipe, ort_recipe
+    from veca_deploy.calibration.target import nncf_preset_for, resolve_target
     from veca_deploy.convert.onnx_graph import simplify_onnx
     from veca_deploy.export.onnx_export import export_onnx
     from veca_deploy.convert.openvino_ir import export_openvino
     from veca_deploy.model.flops import forward_flops
-    from veca_deploy.model.registry import create_model
+    from veca_deploy.model.registry import create_model, latency_weights
     from veca_deploy.preprocess import Preprocess
     from veca_deploy.runtimes import create_runner, supported_variants
 
@@ -193,13 +213,14 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------ veca_small, random weights
     torch.manual_seed(0)
-    model = create_model(a.model).eval()
+    model = latency_weights(create_model(a.model)).eval()
     cfg = model.cfg
     pre = Preprocess(mean=cfg.mean, std=cfg.std)
     raw, photo_names = skimage_calibration(a.calib_count)
+    nncf = NncfRecipe(preset=nncf_preset_for(resolve_target(None))[0])  # what --target host builds here
     result["calibration"] = {"source": f"skimage.data photos {photo_names}: random crops/flips", "count": a.calib_count,
                              "forced_below_minimum": True, "note": "random weights: scales only, latency unaffected",
-                             "ort_recipe": ort_recipe().to_dict(), "nncf_recipe": NncfRecipe().to_dict()}
+                             "ort_recipe": ort_recipe().to_dict(), "nncf_recipe": nncf.to_dict()}
     for size in a.sizes:
         cal = None
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
@@ -232,11 +253,13 @@ def main(argv=None) -> dict:
                 q_u8 = tmp / f"c{c}_{size}.int8-u8s8.onnx"
                 quantize_onnx_int8(onnx_p, q_u8, cal, ort_recipe(scheme="u8s8"), cache_dir=str(tmp / "cache"))
                 t0 = time.perf_counter()
-                quantize_openvino_int8(xml32, q_xml, cal, NncfRecipe(), cache_dir=str(tmp / "cache"))
+                quantize_openvino_int8(xml32, q_xml, cal, nncf, cache_dir=str(tmp / "cache"))
                 build["openvino_int8_s"] = round(time.perf_counter() - t0, 2)
                 runners["ort_int8"] = create_runner("onnxruntime", q_onnx, **ort_opts)
                 runners["ort_int8_u8s8"] = create_runner("onnxruntime", q_u8, **ort_opts)
                 runners["ov_int8"] = create_runner("openvino", q_xml, **ov_opts)
+                if "bf16" in supported_variants("openvino"):  # INT8 products, float ops in bf16
+                    runners["ov_int8_bf16"] = create_runner("openvino", q_xml, **{**ov_opts, "inference_precision": "bf16"})
             for r in runners.values():
                 r.activate()
             feed = {"images": x}
@@ -254,6 +277,24 @@ def main(argv=None) -> dict:
                 r.close()
             del runners, calls
             gc.collect()
+
+    # ------------------------------------------------------------ through the product (CLI)
+    products = []
+    goal = a.product_goal or SPEED_TARGETS.get(isa_class(fp))
+    for c, size in a.product:
+        cm.log(f"== through the CLI: {a.model} C={c} {size} px (export, bench, select at eager / {goal})")
+        xt = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
+
+        def eager(xt=xt, c=c):
+            with torch.inference_mode():
+                return model(xt, cores=c)
+        products.append(product_path(a.model, c, size, eager, goal, a.product_calib, tmp, a.rounds, a.block,
+                                     a.alone))
+        p = products[-1]
+        cm.log(f"  select chose {p.get('served') or p.get('error')}" + (
+            f": {p['ms']['selected']:.1f} ms vs eager {p['ms']['torch_fp32']:.1f} ms = {p['speedup_vs_torch']}x"
+            if p.get("ms") else ""))
+    result["product"] = products
 
     # ------------------------------------------------------------ the reference model bundle
     ref_export_s = None
@@ -359,6 +400,22 @@ def main(argv=None) -> dict:
                f"({t15['eager_alone_ms']:.1f} ms alone) = {t15['speedup_vs_torch']}x: "
                + ("**met**" if t15["met"] else "**not met**") + ("" if t15["baseline_valid"] else
                                                                " (eager baseline flagged)") + ".\n")
+    for p in result.get("product", []):
+        md += (f"\n**Through the product** ({a.model} C={p['cores']} {p['size']} px): "
+               + "; ".join(f"`{' '.join(st['argv'][:2])}` {st['wall_s']} s, peak {st['peak_rss_gb']} GB"
+                           for st in p["steps"].values()) + ". ")
+        if p.get("ms"):
+            md += (f"`select --budget-ms {p['budget_ms']} --percentile 50 --margin 0` (eager / {p['goal']}) chose "
+                   f"**{p['served']}**; timed side by side: {p['ms']['selected']:.1f} ms vs eager "
+                   f"{p['ms']['torch_fp32']:.1f} ms = **{p['speedup_vs_torch']}x** (alone: "
+                   f"{p['alone_ms']['selected']:.1f} vs {p['alone_ms']['torch_fp32']:.1f} ms = "
+                   f"{p['speedup_vs_torch_alone']}x): " + ("**met**" if p["met"] else "**not met**") + ".\n")
+        else:
+            f = p.get("fastest") or {}
+            md += (f"{p.get('error')}; the fastest gated path was {f.get('key')} at {f.get('p50_ms')} ms "
+                   f"(budget {p.get('budget_ms')} ms): **not met**.\n")
+        md += "\n" + cm.md_table(["candidate", "p50 ms (bench)", "min cosine (gate)", "error"],
+                                  [[q["key"], q["p50_ms"], q["gate"], (q["error"] or "")[:80]] for q in p["profile"]])
     plt = cm.plt()
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
     width = 0.8 / max(len(cols) - 1, 1)
@@ -373,6 +430,64 @@ def main(argv=None) -> dict:
     ax.grid(axis="y", alpha=0.3)
     cm.publish(a.out, NAME, result, md, fig)
     return result
+
+
+def product_path(model_name: str, cores: int, size: int, eager, goal: float | None, calib: int, tmp: Path,
+                 rounds: int, block: int, alone: int) -> dict:
+    """The issue-15 target as a user meets it: ``veca-deploy export`` (fp32 + int8 for the host's
+    ``--target``, every gate), ``bench``, ``select`` with the median of eager / ``goal`` as the budget
+    (margin 0: the median of the chosen path must fit), then what ``Runtime.open`` serves for that
+    decision timed side by side with ``eager`` (interleaved and alone, as the rest of this file)."""
+    import json
+
+    import veca_deploy
+
+    out = tmp / f"product_c{cores}_{size}"
+    steps: dict[str, dict] = {}
+
+    def cli(name: str, argv: list[str]) -> dict:
+        r = cm.run_cli(argv)
+        steps[name] = {k: r[k] for k in ("argv", "rc", "wall_s", "peak_rss_gb", "error")}
+        cm.log(f"  veca-deploy {name}: rc {r['rc']}, {r['wall_s']} s, peak {r['peak_rss_gb']} GB"
+               + (f" - {r['error']}" if r["rc"] else ""))
+        return r
+
+    res: dict = {"cores": cores, "size": size, "goal": goal, "steps": steps}
+    r = cli("export", ["export", model_name, "--random-weights", "--cores", str(cores), "--image-size", str(size),
+                       "--formats", "onnx,openvino", "--precision", "fp32,int8", "--calib", "photos",
+                       "--calib-size", str(calib), "--allow-small-calib", "--out", str(out), "--force", "-q"])
+    if r["rc"]:
+        return {**res, "error": f"export failed: {r['error']}"}
+    choice = [line for line in r["stdout"].splitlines() + r["stderr"].splitlines() if line.startswith("INT8 for target")]
+    res["int8_choice"] = choice[0] if choice else None
+    r = cli("bench", ["bench", str(out), "--count", "30", "--warmup", "5", "--json", "--quiet"])
+    if r["rc"]:
+        return {**res, "error": f"bench failed: {r['error']}"}
+    entries = json.loads(r["stdout"])["entries"]
+    res["profile"] = [{"key": f"{e['artifact']}@c{e['cores']}" + (f"+{e['execution']}" if e.get("execution") else ""),
+                       "p50_ms": (e.get("timing") or {}).get("percentiles_ms", {}).get("50"), "error": e.get("error"),
+                       "gate": (e.get("gate") or {}).get("min_cosine")} for e in entries]
+    eager_ms = cm.interleaved({"eager": eager}, rounds=alone, warmup=2)["eager"]
+    res["eager_alone_before_select_ms"] = round(cm.med(eager_ms), 3)
+    budget = cm.med(eager_ms) / goal if goal else min(p["p50_ms"] for p in res["profile"] if p["p50_ms"])
+    res["budget_ms"] = round(budget, 3)
+    r = cli("select", ["select", str(out), "--budget-ms", f"{budget:.3f}", "--percentile", "50", "--margin", "0",
+                       "--no-measure", "--json"])
+    if r["rc"]:  # exit 8: nothing fits eager / goal here; say what the fastest was
+        fastest = min((p for p in res["profile"] if p["p50_ms"]), key=lambda p: p["p50_ms"], default=None)
+        return {**res, "chosen": None, "fastest": fastest, "error": f"select: {r['error']}"}
+    decision = json.loads(r["stdout"])
+    res["decision"] = {k: decision.get(k) for k in ("chosen", "decision", "limit_ms", "percentile")}
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    with veca_deploy.Runtime.open(out, budget, percentile=50, margin=0, measure=False) as rt:
+        res["served"] = str(rt.tier)
+        calls = {"torch_fp32": eager, "selected": lambda: rt.predict(x)}
+        t, solo = timed(calls, rounds, iters=1, block=block, alone=alone)
+    res.update(ms={k: v["median_ms"] for k, v in t.items()}, alone_ms={k: v["median_ms"] for k, v in solo.items()})
+    res["speedup_vs_torch"] = cm.ratio(res["ms"]["torch_fp32"], res["ms"]["selected"])
+    res["speedup_vs_torch_alone"] = cm.ratio(res["alone_ms"]["torch_fp32"], res["alone_ms"]["selected"])
+    res["met"] = bool(goal and res["speedup_vs_torch"] >= goal)
+    return res
 
 
 def _row(model, size, c, flops, res, runners, build, reference, solo=None) -> dict:

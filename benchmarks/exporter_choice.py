@@ -23,7 +23,7 @@ import torch
 
 from veca_deploy.convert.onnx_graph import op_histogram, simplify_onnx
 from veca_deploy.export.onnx_export import export_onnx
-from veca_deploy.model.registry import create_model
+from veca_deploy.model.registry import create_model, latency_weights
 from veca_deploy.runtimes import create_runner
 
 VARIANTS = {
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     torch.manual_seed(0)
-    model = create_model(a.model).eval()
+    model = latency_weights(create_model(a.model)).eval()
     x = np.random.default_rng(0).standard_normal((1, 3, a.size, a.size)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x), cores=a.cores)[1].numpy()

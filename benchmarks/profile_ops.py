@@ -35,13 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 NAME = "profile_ops"
-VARIANTS = ("ort-fp32", "ort-int8-s8s8", "ort-int8-u8s8", "ov-f32", "ov-bf16", "ov-int8", "ov-int8-sym")
-#: the OpenVINO inference precision of each OpenVINO variant
-OV_PRECISION = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": "f32", "ov-int8-sym": "f32"}
+VARIANTS = ("ort-fp32", "ort-int8-s8s8", "ort-int8-u8s8", "ov-f32", "ov-bf16", "ov-int8", "ov-int8-sym",
+            "ov-int8-sym-bf16")
+#: the OpenVINO inference precision of each OpenVINO variant (bf16: the graph tail too, as the runner serves it)
+OV_PRECISION = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": "f32", "ov-int8-sym": "f32",
+                "ov-int8-sym-bf16": "bf16"}
+#: variants that need the CPU's native bf16
+BF16_VARIANTS = ("ov-bf16", "ov-int8-sym-bf16")
 #: the _peak key each variant is held against
 PEAK_KEY = {"ort-fp32": "onnxruntime/fp32", "ort-int8-s8s8": "onnxruntime/int8", "ort-int8-u8s8": "onnxruntime/int8",
             "ov-f32": "openvino/f32", "ov-bf16": "openvino/bf16", "ov-int8": "openvino/int8",
-            "ov-int8-sym": "openvino/int8"}
+            "ov-int8-sym": "openvino/int8", "ov-int8-sym-bf16": "openvino/int8"}
 #: the torch.matmul peak in the precision the variant's matrix products run in (INT8: none in torch)
 TORCH_PEAK = {"ort-fp32": "torch/fp32", "ov-f32": "torch/fp32", "ov-bf16": "torch/bf16"}
 GEMM_OPS = ("MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
@@ -113,8 +117,13 @@ def ov_profile(xml: Path, x: np.ndarray, runs: int, precision: str = "f32") -> d
     """PERF_COUNT per op type [kernel] / node, averaged over ``runs`` inferences after one warm-up."""
     import openvino as ov
 
+    from veca_deploy.runtimes.openvino_rt import low_precision_tail
+
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(xml)), "CPU", {
+    model = core.read_model(str(xml))
+    if precision == "bf16":  # as the runner serves bf16: the graph tail too
+        low_precision_tail(model)
+    compiled = core.compile_model(model, "CPU", {
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True})
     req = compiled.create_infer_request()
     req.infer({"images": x})
@@ -184,13 +193,14 @@ def build(a, model, tmp: Path) -> dict[str, tuple[str, Path]]:
             if v in a.variants:  # the exact schemes `--int8-scheme` ships
                 quantize_onnx_int8(onnx_p, tmp / f"{v}.onnx", cal, ort_recipe(scheme=scheme), cache_dir=cache)
                 paths[v] = ("onnxruntime", tmp / f"{v}.onnx")
-        if "ov-int8" in a.variants:  # the shipped recipe (mixed preset: asymmetric activations)
+        if "ov-int8" in a.variants:  # the mixed preset (asymmetric activations): what --target builds elsewhere
             quantize_openvino_int8(xml, tmp / "ov-int8.xml", cal, NncfRecipe(), cache_dir=cache)
             paths["ov-int8"] = ("openvino", tmp / "ov-int8.xml")
-        if "ov-int8-sym" in a.variants:  # NNCF's performance preset: symmetric activations, no zero points
+        if {"ov-int8-sym", "ov-int8-sym-bf16"} & set(a.variants):
+            # NNCF's performance preset (symmetric activations, no zero points): what --target builds on VNNI/AMX
             quantize_openvino_int8(xml, tmp / "ov-int8-sym.xml", cal, NncfRecipe(preset="performance"),
                                    cache_dir=cache)
-            paths["ov-int8-sym"] = ("openvino", tmp / "ov-int8-sym.xml")
+            paths["ov-int8-sym"] = paths["ov-int8-sym-bf16"] = ("openvino", tmp / "ov-int8-sym.xml")
     return {v: paths[v] for v in a.variants}
 
 
@@ -199,17 +209,17 @@ def main(argv=None) -> dict:
     import torch
 
     from veca_deploy.model.flops import forward_flops
-    from veca_deploy.model.registry import create_model
+    from veca_deploy.model.registry import create_model, latency_weights
     from veca_deploy.runtimes import create_runner
 
     fp = cm.fingerprint()
-    if "ov-bf16" in a.variants and not ov_bf16_native():
-        cm.log("ov-bf16 skipped: this CPU has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES)")
-        a.variants = [v for v in a.variants if v != "ov-bf16"]
+    if set(BF16_VARIANTS) & set(a.variants) and not ov_bf16_native():
+        cm.log(f"{', '.join(BF16_VARIANTS)} skipped: this CPU has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES)")
+        a.variants = [v for v in a.variants if v not in BF16_VARIANTS]
     result = cm.header(fp, benchmark=NAME, model=a.model, size=a.size, cores=a.cores, variants=a.variants)
     cm.log(f"machine: {result['machine']}")
     torch.manual_seed(0)
-    model = create_model(a.model).eval()
+    model = latency_weights(create_model(a.model)).eval()
     flops = forward_flops(model.cfg, a.size, a.size, a.cores)
     x = np.random.default_rng(0).standard_normal((1, 3, a.size, a.size)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="veca-prof-") as td:
@@ -255,7 +265,7 @@ def main(argv=None) -> dict:
         from _peak import measure_peaks
 
         m, k, n = (int(v) for v in a.peak_shape.split(","))
-        ov_precs = ["f32"] + (["bf16"] if "ov-bf16" in a.variants else [])
+        ov_precs = ["f32"] + (["bf16"] if set(BF16_VARIANTS) & set(a.variants) else [])
         peaks = measure_peaks(m, k, n, threads=None, ort_options={}, ov_precisions=ov_precs, log=cm.log)
         for r in rows:
             pk = peaks["peaks"].get(PEAK_KEY[r["variant"]])

@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 NAME = "toolchain_cost"
-#: the console script users run (next to this interpreter), else the module
-CLI = ([str(Path(sys.executable).parent / "veca-deploy")] if (Path(sys.executable).parent / "veca-deploy").is_file()
-       else [sys.executable, "-m", "veca_deploy.cli"])
 SAMPLE_S = 0.05
 
 
@@ -134,41 +127,20 @@ def stage_of(step: str) -> str:
 
 
 def run_cli(argv: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
-    """One fresh CLI process; RSS sampled from outside and attributed to the step then running."""
-    import psutil
-
-    env = {**os.environ, "VECA_PROGRESS_LOG": str(log), "PYTHONUNBUFFERED": "1"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    ps = psutil.Process(proc.pid)
-    samples: list[tuple[float, int]] = []
-    while proc.poll() is None:
-        try:
-            samples.append((time.time(), ps.memory_info().rss))
-        except psutil.Error:
-            break
-        if time.perf_counter() - t0 > timeout_s:
-            proc.kill()
-            break
-        time.sleep(SAMPLE_S)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """One fresh CLI process (``_common.run_cli``); RSS attributed to the progress step then running."""
+    r = cm.run_cli(argv, timeout_s, env={"VECA_PROGRESS_LOG": str(log)}, sample_s=SAMPLE_S)
+    samples = r.pop("samples")
     steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     stages: dict[str, dict[str, float]] = defaultdict(lambda: {"seconds": 0.0, "peak_rss_gb": 0.0})
     for cur, nxt in zip(steps, steps[1:]):
         st = stages[stage_of(cur["step"])]
         st["seconds"] += nxt["t"] - cur["t"]
-        rss = [r for t, r in samples if cur["t"] <= t < nxt["t"]]
+        rss = [b for t, b in samples if cur["t"] <= t < nxt["t"]]
         st["peak_rss_gb"] = max(st["peak_rss_gb"], max(rss, default=0) / 2**30)
-    return {"rc": proc.returncode, "wall_s": round(wall, 1),
-            # ru_maxrss of children is the largest child so far: exact when this run is the largest
-            "peak_rss_gb": round(max(peak_child * 1024, max((r for _, r in samples), default=0)) / 2**30, 3)
-            if peak_child > before else round(max((r for _, r in samples), default=0) / 2**30, 3),
+    return {"rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_gb": r["peak_rss_gb"],
             "stages": {k: {"seconds": round(v["seconds"], 1), "peak_rss_gb": round(v["peak_rss_gb"], 3)}
                        for k, v in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])},
-            "error": (err.strip().splitlines() or ["killed"])[-1][:300] if proc.returncode else None, "stderr_tail": err[-800:] if proc.returncode else ""}
+            "error": r["error"], "stderr_tail": r["stderr"][-800:] if r["rc"] else ""}
 
 
 def forward_ms(bundle: Path) -> dict[int, float]:

@@ -86,16 +86,28 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 @pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
 def test_scaling_smoke(tmp_path):
+    """Every model x execution path x attention form once; each model's fastest form per path
+    enters the ViT / VECA ratio, held against the analytic FLOP ratio; OpenVINO's attention kernels
+    recorded (fused into a Subgraph or a Softmax left standing)."""
     from veca_deploy.model.flops import forward_flops
     from veca_deploy.model.registry import model_config
+    from veca_deploy.runtimes import backend_available, supported_variants
 
-    _load("scaling").main(["--smoke", "--sizes", "28", "--backends", "onnxruntime", "--out", str(tmp_path)])
+    scaling = _load("scaling")
+    backends = ["onnxruntime"] + (["openvino"] if backend_available("openvino") else [])
+    scaling.main(["--smoke", "--sizes", "28", "--backends", ",".join(backends), "--out", str(tmp_path)])
     d = _outputs(tmp_path, "scaling")
-    assert d["sizes"] == [28] and d["backends"] == ["onnxruntime"] and len(d["cores"]) >= 2
+    assert d["sizes"] == [28] and d["backends"] == backends and len(d["cores"]) >= 2 and not d["failures"]
+    want_paths = ["onnxruntime/fp32"] + ([f"openvino/{p}" for p in ("f32", *supported_variants("openvino"))]
+                                         if "openvino" in backends else [])
+    assert [p["id"] for p in d["paths"]] == want_paths
     veca = [f"{d['model']}_c{c}" for c in d["cores"]]
-    want = {(m, b, s) for m in veca + [d["baseline"]] for b in d["backends"] for s in d["sizes"]}
-    got = [(r["model"], r["backend"], r["size"]) for r in d["rows"]]
-    assert sorted(got) == sorted(want)  # every model x backend x size, once
+    backend = {p["id"]: p["backend"] for p in d["paths"]}
+    want = {(m, p, s, f) for m in veca + [d["baseline"]] for p in want_paths for s in d["sizes"]
+            for f in scaling.forms_for("auto", backend[p])}
+    got = [(r["model"], r["path"], r["size"], r["attention"]) for r in d["rows"]]
+    assert sorted(got) == sorted(want)  # every model x path x size x form, once
+    assert {f for *_, f in got} == set(scaling.FORMS)
     peak = d["peak"]
     assert _pos(peak["start"]["median_gflops"]) and _pos(peak["end"]["median_gflops"])
     assert peak["gflops"] == max(peak["start"]["median_gflops"], peak["end"]["median_gflops"])
@@ -107,15 +119,40 @@ def test_scaling_smoke(tmp_path):
         assert r["flops"] == forward_flops(cfg, r["size"], r["size"], r["cores"])
         assert r["gflops"] == round(r["flops"] / 1e9, 2)
         assert r["achieved_gflops_s"] == pytest.approx(r["flops"] / (r["median_ms"] / 1e3) / 1e9, rel=1e-2, abs=0.01)
-        assert r["pct_of_peak"] == pytest.approx(100 * r["achieved_gflops_s"] / peak["gflops"], abs=0.1)
-    assert [(e["size"], e["backend"]) for e in d["ratios"]] == [(s, b) for s in d["sizes"] for b in d["backends"]]
+        if r["precision"] in ("fp32", "f32"):
+            assert r["pct_of_peak"] == pytest.approx(100 * r["achieved_gflops_s"] / peak["gflops"], abs=0.1)
+        else:  # the FP32 peak says nothing about a bf16 / f16 path
+            assert r["pct_of_peak"] is None and r["runner"]["INFERENCE_PRECISION_HINT"] == r["precision"]
+        # the graph holds the form it claims: one attention per layer (ViT) or two (VECA: cores, patches)
+        n = cfg.num_layers * (1 if r["cores"] is None else 2)
+        op = {"matmul": "Softmax", "mha": "MultiHeadAttention", "attention23": "Attention"}[r["attention"]]
+        assert r["attention_ops"] == {op: n}
+    assert [(e["size"], e["path"]) for e in d["ratios"]] == [(s, p) for s in d["sizes"] for p in want_paths]
+    def forms(e, m):
+        return {r["attention"]: r["median_ms"] for r in d["rows"]
+                if (r["size"], r["path"], r["model"]) == (e["size"], e["path"], m)}
+
     for e in d["ratios"]:
-        ms = {r["model"]: r["median_ms"] for r in d["rows"] if (r["size"], r["backend"]) == (e["size"], e["backend"])}
-        assert e["vit_ms"] == ms[d["baseline"]]
-        for v in veca:
-            assert e[f"{v}_ms"] == ms[v]
-            _ratio(e[f"vit_over_{v}"], ms[d["baseline"]], ms[v])
-            _ratio(e[f"{v}_over_vit"], ms[v], ms[d["baseline"]])
+        vit = forms(e, d["baseline"])
+        assert e["vit_forms_ms"] == vit and e["vit_ms"] == min(vit.values()) and vit[e["vit_attention"]] == e["vit_ms"]
+        flops_vit = forward_flops(model_config(d["baseline"]), e["size"], e["size"])
+        for v, c in zip(veca, d["cores"]):
+            ms = forms(e, v)
+            assert e[f"{v}_ms"] == min(ms.values()) and ms[e[f"{v}_attention"]] == e[f"{v}_ms"]
+            _ratio(e[f"vit_over_{v}"], e["vit_ms"], e[f"{v}_ms"])
+            _ratio(e[f"{v}_over_vit"], e[f"{v}_ms"], e["vit_ms"])
+            flop = flops_vit / forward_flops(model_config(d["model"]), e["size"], e["size"], c)
+            assert e[f"flop_ratio_{v}"] == pytest.approx(flop, abs=1e-3)
+            assert e[f"wall_over_flop_{v}"] == pytest.approx(e["vit_ms"] / e[f"{v}_ms"] / flop, abs=1e-3)
+    kernels = d["openvino_attention_kernels"]
+    assert set(kernels) == {f"{m}|matmul|{p}" for m in veca + [d["baseline"]] for p in want_paths
+                            if backend[p] == "openvino"}
+    for key, k in kernels.items():  # each attention either fused into a Subgraph or a Softmax left standing
+        n = model_config(d["baseline"] if key.startswith(d["baseline"]) else d["model"]).num_layers
+        assert k["attention_subgraphs"] + k["softmax_nodes"] >= n * (1 if key.startswith(d["baseline"]) else 2)
+    assert set(d["form_parity"]) == {f"{m}|{f}|{p}" for m, p, s, f in want if f != "matmul"}
+    assert all(0 <= err <= scaling.PARITY_ATOL for err in d["form_parity"].values())
+    assert "wall / FLOP" in (tmp_path / "scaling.md").read_text()
 
 
 @pytest.mark.extended  # CI's extended job (.ci/run), not the default suite
@@ -166,6 +203,18 @@ def test_deploy_speedup_smoke(tmp_path, tiny_bundle):
         start, end = d["peaks"]["start"]["peaks"][k], d["peaks"]["end"]["peaks"][k]
         assert _pos(g) and g == max(start["gflops"], end["gflops"])
         assert start["gflops"] == pytest.approx(2 * 64 * 64 * 256 / start["median_ms"] / 1e6, rel=2e-3, abs=0.1)
+    # through the product: the real CLI exported, benched and selected; what Runtime served is that decision
+    (p,) = d["product"]
+    assert (p["cores"], p["size"]) == (8, 28) and [s["argv"][1] for s in p["steps"].values()] == [
+        "export", "bench", "select"] and all(s["rc"] == 0 for s in p["steps"].values())
+    assert p["int8_choice"].startswith("INT8 for target host")
+    chosen = p["decision"]["chosen"]
+    assert p["served"].startswith(f"C={chosen['cores']} ") and f"({chosen['artifact']})" in p["served"]
+    assert chosen["latency_ms"] <= p["budget_ms"] and p["decision"]["percentile"] == 50
+    assert {q["key"] for q in p["profile"]} >= {f"{chosen['artifact']}@c8"}
+    _ratio(p["speedup_vs_torch"], p["ms"]["torch_fp32"], p["ms"]["selected"])
+    assert p["goal"] == 1.0 and p["budget_ms"] == pytest.approx(p["eager_alone_before_select_ms"], rel=1e-3)
+    assert p["met"] == (p["speedup_vs_torch"] >= p["goal"])
 
 
 def test_gemm_peak_models_compute_the_matmul():
@@ -192,6 +241,51 @@ def test_gemm_peak_models_compute_the_matmul():
         assert cos > 0.99
         ops = {n.op_type for n in onnx.load(str(Path(tmp) / "opt.onnx")).graph.node}
         assert ops & {"MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger"}, ops
+
+
+def test_selection_quality_smoke(tmp_path, tiny_bundle):
+    """The real CLI (eval, bench, select --json) on a copy of the reference bundle, then every fitting
+    candidate re-timed interleaved: the chosen candidate, the tie set by the selector's own rule and
+    chosen / fastest-tied, consistent with the numbers beside them (no threshold on speed)."""
+    import shutil
+
+    from veca_deploy.bundle.reader import Bundle
+    from veca_deploy.selector.candidates import candidates, resolve_backends
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))  # eval and bench write into it
+    out = tmp_path / "out"
+    _load("selection_quality").main(["--smoke", "--eval", "always", "--bundle", str(bundle), "--out", str(out)])
+    d = _outputs(out, "selection_quality", png=False)
+    b = Bundle.open(bundle)
+    keys = {c.key for c in candidates(b, resolve_backends("auto", b))}
+    ev = d["evaluation"]
+    assert ev["ran"] and ev["samples"] == [200] and ev["per_image_records"] == ev["candidates"] == len(keys)
+    assert [c["argv"][1] for c in d["commands"]] == ["eval", "bench"] + ["select"] * len(d["budgets"])
+    assert [x["label"] for x in d["budgets"]] == ["5", "tight"]
+    judged = [x for x in d["budgets"] if x["select_rc"] == 0]
+    assert d["budgets"][-1] in judged  # the tight budget is taken from the profile: something fits it
+    for x in d["budgets"]:
+        assert x["select_rc"] in (0, 8) and (x["select_rc"] == 8) == ("error" in x)
+    timings = d["retime"]["timings"]
+    for x in judged:
+        fitting = {r["key"] for r in x["rows"]}
+        assert len(fitting) == x["fitting"] > 0 and fitting <= keys and fitting <= set(timings)
+        assert x["chosen"] in fitting and x["chosen_in_tie_set"] and x["agrees_with_decision"]
+        assert x["leader"] in x["tie_set"] and set(x["tie_set"]) <= fitting
+        assert x["decision"]["leader"] == x["leader"] and sorted(x["decision"]["tied"]) == sorted(x["tie_set"])
+        ms = {r["key"]: r["retimed_ms"] for r in x["rows"]}
+        for k, v in ms.items():
+            _timing(timings[k], n=d["retime"]["rounds"])
+            assert v == timings[k]["median_ms"]
+        assert x["chosen_ms"] == ms[x["chosen"]]
+        assert x["fastest_in_tie_set_ms"] == ms[x["fastest_in_tie_set"]] == min(ms[k] for k in x["tie_set"])
+        assert x["fastest_fitting_ms"] == min(ms.values())
+        _ratio(x["ratio"], x["chosen_ms"], x["fastest_in_tie_set_ms"])
+        assert x["ratio"] >= 1 - 1e-3 and x["met"] == (x["ratio"] <= d["target_ratio"] == 1.25)
+        assert [r["key"] for r in x["rows"] if r["tied"]] == x["tie_set"]
+        assert all((r["comparison"] is None) == r["leader"] for r in x["rows"])
+        assert all(r["comparison"] == "paired" for r in x["rows"] if not r["leader"])  # same 200 images
+    assert d["met"] == all(x["met"] for x in judged)
 
 
 def test_elastic_tiers_smoke(tmp_path, tiny_bundle):
@@ -311,7 +405,7 @@ def test_profile_ops_smoke(tmp_path):
     mod.main(["--smoke", "--out", str(tmp_path)])
     d = _outputs(tmp_path, "profile_ops")
     # ov-bf16 runs only where the CPU executes bf16 natively (AVX512-BF16 / AMX), else it is skipped
-    expected = [v for v in mod.VARIANTS if v != "ov-bf16" or mod.ov_bf16_native()]
+    expected = [v for v in mod.VARIANTS if v not in mod.BF16_VARIANTS or mod.ov_bf16_native()]
     assert [r["variant"] for r in d["results"]] == expected == d["variants"]
     assert d["flops"] == forward_flops(model_config(d["model"]), d["size"], d["size"], d["cores"])
     base = {}

@@ -102,6 +102,48 @@ def test_graph_quality(tiny_bundle):
     assert g.opset_import[0].version == 17
 
 
+def _initializer_shapes(g) -> dict[str, tuple[int, ...]]:
+    return {i.name: tuple(i.dims) for i in g.graph.initializer}
+
+
+def test_graph_form_for_backends_that_fuse(tiny_bundle):
+    """The graph form docs/performance.md measured on OpenVINO: RoPE tables of the patches are
+    constants (Sin/Cos only on the cores' rows), SwiGLU's fc1 is two products (no split of its
+    activation), and each attention is reshape -> transpose -> attention with nothing between."""
+    from onnx import shape_inference
+
+    m = read_manifest(tiny_bundle)
+    cfg = m.model["config"]
+    d, hm, layers = cfg["hidden_dim"], int(cfg["hidden_dim"] * cfg["mlp_ratio"]), cfg["num_layers"]
+    a = m.find("onnx", "fp32", 8, elastic=False)[0]
+    g = shape_inference.infer_shapes(onnx.load(str(tiny_bundle / a.path)))
+    dims = {v.name: [x.dim_value for x in v.type.tensor_type.shape.dim] for v in g.graph.value_info}
+    trig = [n for n in g.graph.node if n.op_type in ("Sin", "Cos")]
+    assert trig and all(dims[n.output[0]][-2] == 8 for n in trig), [dims.get(n.output[0]) for n in trig]
+    inits = _initializer_shapes(g)
+    products = [inits.get(n.input[1]) for n in g.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert products.count((d, hm)) == 2 * layers, "fc1 as its u and v halves, two products per block"
+    assert (d, 2 * hm) not in products and (2 * hm, d) not in products
+    assert not [n for n in g.graph.node if n.op_type == "Split"]
+
+
+def test_latency_weights_leave_no_constant_parameter():
+    """--random-weights / benchmarks: nothing a simplifier could fold away (zero biases, unit scales)."""
+    import torch
+
+    from veca_deploy.model.registry import create_model, latency_weights
+
+    torch.manual_seed(0)
+    m = create_model("veca_tiny")
+    constant = [n for n, p in m.named_parameters() if bool((p == p.reshape(-1)[0]).all())]
+    assert "blocks.0.fc1.bias" in constant and "pos_alpha" in constant  # the training init
+    latency_weights(m, seed=1)
+    assert [n for n, p in m.named_parameters() if bool((p == p.reshape(-1)[0]).all())] == []
+    torch.manual_seed(0)
+    again = latency_weights(create_model("veca_tiny"), seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), again.parameters()))  # seeded
+
+
 def test_registry_name_needs_random_weights(tmp_path):
     with pytest.raises(UsageError, match="--random-weights"):
         veca_deploy.export("veca_small", out=tmp_path / "x")

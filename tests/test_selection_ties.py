@@ -164,3 +164,59 @@ def test_a_corrupt_record_falls_back_to_unpaired():
     a = _paired("a", 32, hits, 2.0)
     bad = Measured(Candidate(a.cand.artifact, 24, 0.99, None, 100, ("s1", "!!")), 1.0)
     assert resolution(a.cand, bad.cand) == resolution(_m("a", 32, 1.0, 100, 2).cand, _m("b", 24, 0.99, 100, 1).cand)
+
+
+def test_which_variants_are_candidates_of_their_own():
+    """A float artifact under a lower execution precision computes in it; an INT8 artifact keeps its
+    integer products and runs its float ops in the variant's precision (judged by the INT8 gate)."""
+    from veca_deploy.formats import execution_precision, variant_applies
+
+    assert variant_applies("fp32", "bf16") and variant_applies("fp16", "bf16") and variant_applies("int8", "bf16")
+    assert not variant_applies("fp32", "f32") and not variant_applies("int8", "f32")
+    assert not variant_applies("fp32", None) and not variant_applies("fp16", "f16")
+    assert execution_precision("int8", "bf16") == "int8" and execution_precision("fp32", "bf16") == "bf16"
+
+
+@needs_bf16
+def test_int8_with_float_ops_in_bf16_is_gated_as_int8_and_tail_runs_in_bf16(copy):
+    """The fastest CPU path on AMX: OpenVINO INT8 with the rest in bf16 (graph tail included)."""
+    from veca_deploy.data import fashion_mnist_available
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    veca_deploy.quantize(copy, ["int8"], "fashion-mnist", formats=["openvino"], tiers=[8], count=16,
+                         allow_small=True, eval_data=None)
+    sel = select(Bundle.open(copy), 1e6, backend="openvino", tiers=[8], precisions=["int8"], count=3, warmup=1)
+    key = "openvino-int8-c8-28x28@c8+bf16"
+    assert key in {m.cand.key for m in sel.ranked}
+    e = json.loads(profile_path(copy).read_text())["entries"][key]
+    assert e["error"] is None and e["gate"]["passed"] and e["gate"]["precision"] == "int8"
+    assert e["runner"]["INFERENCE_PRECISION_HINT"] == "bf16" and e["runner"]["low_precision_tail"] == "True"
+    assert e["execution"] == "bf16" and e["execution_precision"] == "int8"
+
+
+@needs_bf16
+def test_bench_records_a_refused_variant_and_still_succeeds(copy, monkeypatch, capsys):
+    """A variant this device cannot compile or that fails its gate here is an option of the runtime,
+    not a defect of the bundle: recorded, never selected, exit 0. A failing artifact is still exit 5."""
+    from veca_deploy.cli import main
+    from veca_deploy.selector import profile as prof
+
+    real = prof.golden_gate
+
+    def gate(runner, golden, c, fail_default=False):
+        g = real(runner, golden, c)
+        if c.variant or fail_default:
+            g = {**g, "passed": False, "failures": ["injected: wrong numbers"]}
+        return g
+
+    monkeypatch.setattr(prof, "golden_gate", gate)
+    code = main(["bench", str(copy), "--backend", "openvino", "--tiers", "8", "--count", "3", "--warmup", "1",
+                 "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "refused here, never selected" in printed.out + printed.err and " in bf16" in printed.out
+    entries = json.loads(profile_path(copy).read_text())["entries"]
+    assert entries["openvino-fp32-c8-28x28@c8+bf16"]["error"] and not entries["openvino-fp32-c8-28x28@c8"]["error"]
+    monkeypatch.setattr(prof, "golden_gate", lambda r, g, c: gate(r, g, c, fail_default=True))
+    assert main(["bench", str(copy), "--backend", "openvino", "--tiers", "8", "--count", "3", "--quiet"]) == 5

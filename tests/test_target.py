@@ -65,6 +65,35 @@ def test_explicit_scheme_wins_and_says_what_the_target_wanted():
     assert "U8S8" in describe_choice(c) and "tensorrt" in describe_choice(c)
 
 
+def test_nncf_preset_follows_the_target_and_an_explicit_one_wins():
+    """Symmetric INT8 activations (NNCF "performance") where the CPU multiplies signed INT8 natively
+    (VNNI, AMX); NNCF's mixed default elsewhere; --nncf-preset wins and says what the target wanted."""
+    presets = {name: int8_choice(resolve_target(name))["openvino_preset"] for name in TARGETS}
+    assert presets == {"avx2": "mixed", "avx512": "mixed", "avx512-vnni": "performance", "amx": "performance",
+                       "arm-neon": "mixed", "arm-sve": "mixed", "tensorrt": "mixed"}
+    amx = int8_choice(resolve_target("amx"))
+    assert amx["openvino_chosen_by"] == "--target" and "brgemm_avx512_amx_i8" in amx["openvino_why"]
+    c = int8_choice(resolve_target("amx"), None, "mixed")
+    assert c["openvino_preset"] == "mixed" and c["openvino_chosen_by"] == "--nncf-preset"
+    assert "would use performance" in c["openvino_why"] and "NNCF mixed [--nncf-preset]" in describe_choice(c)
+    assert int8_choice(resolve_target("avx2"), None, "mixed")["openvino_chosen_by"].startswith("--nncf-preset (same")
+
+
+def test_quantize_plan_takes_the_preset_from_the_target():
+    from veca_deploy.calibration.quantize import QuantizePlan
+    from veca_deploy.calibration.recipe import NncfRecipe
+
+    plan = lambda **kw: QuantizePlan.from_options(precisions=["int8"], calib="fashion-mnist", **kw)  # noqa: E731
+    assert plan(target="amx").nncf_recipe.preset == "performance"
+    assert plan(target="avx2").nncf_recipe.preset == "mixed"
+    assert plan(target="amx", nncf_preset="mixed").nncf_recipe.preset == "mixed"
+    assert plan().nncf_recipe == NncfRecipe()  # the Python API without a target: NNCF's default, as before
+    given = plan(target="avx2", nncf_recipe=NncfRecipe(preset="performance"))
+    assert given.nncf_recipe.preset == "performance" and given.target["openvino_chosen_by"] == "nncf_recipe"
+    with pytest.raises(UsageError, match="unknown NNCF preset 'fast'"):
+        plan(target="amx", nncf_preset="fast")
+
+
 def _profile(path: Path, fingerprint: dict) -> Path:
     from veca_deploy.selector.profile import Profile, write_profile
 

@@ -96,6 +96,19 @@ def execution_precision(precision: str, variant: str | None) -> str:
     return min(precision, v, key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99)
 
 
+def variant_applies(precision: str, variant: str | None) -> bool:
+    """Whether ``variant`` runs an artifact of ``precision`` differently from its default run, so
+    that it is a candidate of its own: a float artifact computes in the variant's lower precision;
+    an INT8 artifact keeps its quantized products and runs its float ops (norms, softmax, RoPE,
+    element-wise, the residual stream) in the variant's precision (bf16 on AMX: docs/performance.md).
+    Its gate stays the artifact's (:func:`execution_precision`)."""
+    if variant is None:
+        return False
+    if precision == "int8":
+        return VARIANT_PRECISION[variant] != "fp32"
+    return execution_precision(precision, variant) != precision
+
+
 def format_backend(fmt: str) -> str:
     """The backend that runs ``fmt`` (a KeyError for an unknown format is a bug: the manifest checks)."""
     return FORMATS[fmt].backend
@@ -121,4 +134,4 @@ def docs_table() -> str:
 
 
 __all__ = ["BACKENDS", "EXPORT_FORMATS", "EXPORT_PRECISIONS", "FORMATS", "PRECISIONS", "Backend", "Format",
-           "backend_format", "docs_table", "format_backend", "parity_options"]
+           "backend_format", "docs_table", "format_backend", "parity_options", "variant_applies"]

@@ -27,7 +27,7 @@ from .data import CalibrationSet, load_calibration
 from ..seg_data import SEG_SOURCE
 from .evaluate import (DEFAULT_DATA, DEFAULT_GATE_SAMPLES, DEFAULT_SEG_SAMPLES, cosine_gate_data, cosine_gate_samples, gate,
                        load_eval_data, measure_accuracy, metric_for, model_eval_data, references)
-from .recipe import Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
+from .recipe import NNCF_PRESETS, Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
 #: formats whose FP32 artifacts FP16/INT8 are derived from
@@ -76,11 +76,14 @@ class QuantizePlan:
                      tiers: Sequence[int] | None = None, eval_data: Any = DEFAULT_DATA,
                      eval_limit: int | None = DEFAULT_GATE_SAMPLES, allow_drop: float | None = None,
                      cache_dir: str | None = None, target: str | os.PathLike | None = None,
-                     metric: Any = None, calib_resolution: int | None = None) -> "QuantizePlan":
+                     metric: Any = None, calib_resolution: int | None = None,
+                     nncf_preset: str | None = None) -> "QuantizePlan":
         """Build and check a plan from the API's keyword options (``method``/``int8_scheme``
         are applied to the ONNX Runtime recipe). ``target`` (a name such as ``amx`` or
         ``tensorrt``, ``host``, or a device profile JSON) picks the ONNX INT8 scheme that is fast
-        there; an explicit ``int8_scheme`` wins. A bad target is a UsageError before any work."""
+        there, and the NNCF preset (``nncf_preset``: ``mixed`` or ``performance``; an explicit
+        one, like ``int8_scheme``, wins over the target; ``nncf_recipe`` wins over both). A bad
+        target is a UsageError before any work."""
         precs = tuple(dict.fromkeys(precisions))
         bad = [p for p in precs if p not in ("fp16", "int8")]
         if bad:
@@ -98,14 +101,21 @@ class QuantizePlan:
                 raise UsageError("--calib-resolution applies to int8 (ONNX Runtime activation ranges)")
             if isinstance(calib_resolution, bool) or int(calib_resolution) < 8:
                 raise UsageError(f"--calib-resolution must be a side in px (>= 8), got {calib_resolution!r}")
+        if nncf_preset is not None and nncf_preset not in NNCF_PRESETS:
+            raise UsageError(f"unknown NNCF preset {nncf_preset!r}; choose from {', '.join(NNCF_PRESETS)}")
         choice = None
         if target is not None and "int8" in precs:
             from .target import int8_choice, resolve_target
 
-            choice = int8_choice(resolve_target(target), int8_scheme)
-            int8_scheme = choice["onnx_scheme"]
+            choice = int8_choice(resolve_target(target), int8_scheme, nncf_preset)
+            int8_scheme, nncf_preset = choice["onnx_scheme"], choice["openvino_preset"]
+        if nncf_recipe is None:
+            nncf_recipe = NncfRecipe(preset=nncf_preset) if nncf_preset else NncfRecipe()
+        elif choice is not None:  # an explicit recipe wins: say so in the record
+            choice.update(openvino_preset=nncf_recipe.preset, openvino_chosen_by="nncf_recipe",
+                          openvino_why=f"NncfRecipe(preset={nncf_recipe.preset!r}) given")
         return cls(precisions=precs, formats=fmts, calib=calib, count=count, seed=seed, allow_small=allow_small,
-                   recipe=ort_recipe(method, int8_scheme, base=recipe), nncf_recipe=nncf_recipe or NncfRecipe(),
+                   recipe=ort_recipe(method, int8_scheme, base=recipe), nncf_recipe=nncf_recipe,
                    fp16_recipe=fp16_recipe or Fp16Recipe(), tiers=tuple(tiers) if tiers else None,
                    eval_data=eval_data, eval_limit=eval_limit, allow_drop=allow_drop, cache_dir=cache_dir,
                    target=choice if "int8" in precs else None, metric=metric,
@@ -445,7 +455,8 @@ def _target_record(choice: dict[str, Any], fmt: str) -> dict[str, Any]:
     if fmt == "onnx":
         return {"name": t.get("name"), "kind": t.get("kind"), "scheme": choice["onnx_scheme"],
                 "chosen_by": choice["chosen_by"], "why": choice["onnx_why"]}
-    return {"name": t.get("name"), "kind": t.get("kind"), "scheme": "nncf", "chosen_by": "--target",
+    return {"name": t.get("name"), "kind": t.get("kind"), "scheme": "nncf",
+            "preset": choice.get("openvino_preset", "mixed"), "chosen_by": choice.get("openvino_chosen_by", "--target"),
             "why": choice["openvino_why"]}
 
 

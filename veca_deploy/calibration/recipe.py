@@ -57,13 +57,21 @@ class OrtRecipe:
 
 @dataclass(frozen=True)
 class NncfRecipe:
-    """NNCF post-training quantization of the OpenVINO FP32 IR."""
+    """NNCF post-training quantization of the OpenVINO FP32 IR.
+
+    ``ignored_types``: the attention's activation x activation products (OpenVINO's
+    ``ScaledDotProductAttention``) stay in float. Quantized, they gave wrong numbers in OpenVINO
+    2026.4's bf16 Snippets attention kernel at some shapes (the reference model at C=16 and 32:
+    cosine -0.23 and 0.98 against FP32, every input), and they barely matter for speed: VECA's
+    attention is 2NC + C^2 query-key pairs (veca_small C=16 at 512 px, INT8 with bf16 floats:
+    46.1 vs 44.8 ms). docs/quantization.md, "NNCF preset per target".
+    """
 
     model_type: str = "transformer"
     smooth_quant: bool = False
     preset: str = "mixed"
     fast_bias_correction: bool = True
-    ignored_types: tuple[str, ...] = ()
+    ignored_types: tuple[str, ...] = ("ScaledDotProductAttention",)
     backend: str = "openvino"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +80,11 @@ class NncfRecipe:
         d["ignored_types"] = list(self.ignored_types)
         return d
 
+
+#: NNCF quantization presets: ``mixed`` (symmetric weights, asymmetric activations: NNCF's default
+#: for transformers) and ``performance`` (symmetric both, what VNNI/AMX CPUs multiply natively;
+#: chosen per ``--target``, see calibration/target.py)
+NNCF_PRESETS: tuple[str, ...] = ("mixed", "performance")
 
 #: ONNX INT8 schemes: ``s8s8`` (default) is what TensorRT builds from (signed, zero point 0);
 #: ``u8s8`` keeps every MatMul in ONNX Runtime's integer kernels on x86 CPUs (QLinearMatMul),

@@ -5,8 +5,9 @@ The export machine is rarely the device. A target is an ISA / device name (``avx
 fingerprint) or a device profile JSON as ``veca-deploy bench`` writes it (its ``fingerprint``
 says what the device has). :func:`int8_choice` turns it into the ONNX INT8 scheme that is fast
 there, with the reason (measurements in ``docs/quantization.md``, "INT8 scheme per target"), and
-the OpenVINO INT8 path (NNCF on every target: OpenVINO picks its INT8 kernels on the device).
-An explicit ``--int8-scheme`` wins over the target and is recorded as such. Torch-free.
+the NNCF preset of the OpenVINO INT8 path (symmetric activations where the CPU multiplies signed
+INT8 natively: VNNI and AMX). An explicit ``--int8-scheme`` / ``--nncf-preset`` wins over the
+target and is recorded as such. Torch-free.
 """
 
 from __future__ import annotations
@@ -124,10 +125,32 @@ def _x86_class(isa: tuple[str, ...]) -> str:
     return "avx2"
 
 
-def int8_choice(target: Target, explicit_scheme: str | None = None) -> dict[str, Any]:
-    """What to build for ``target``: ``{"target", "onnx_scheme", "onnx_why", "openvino", "openvino_why",
-    "chosen_by"}`` (recorded in the manifest as ``calibration.target`` and each INT8 artifact's
-    ``details.target``). ``explicit_scheme`` (``--int8-scheme``) wins over the target."""
+#: measured NNCF presets (OpenVINO 2026.4, veca_small C=16 at 512 px, float ops in bf16; the
+#: reference model's top-1 on all 10,000 test images), docs/quantization.md "NNCF preset per target"
+NNCF_MEASURED = ("Intel Xeon with AMX, 2 cores, 2026-12-07: performance 49.6 ms vs mixed 60.2 ms (the FCs run "
+                 "brgemm_avx512_amx_i8 instead of the zero-point-compensated _I8 kernel); reference model top-1 "
+                 "88.11-88.15 % vs 87.99-88.18 % (mixed), FP32 88.06-88.23 %")
+
+
+def nncf_preset_for(target: Target) -> tuple[str, str]:
+    """(NNCF preset, why) for ``target``: ``performance`` (symmetric INT8 activations) where the CPU
+    multiplies signed INT8 natively (AVX-512 VNNI, AVX-VNNI, AMX-INT8), else NNCF's ``mixed``
+    (asymmetric activations, the shipped default)."""
+    if target.kind == "x86" and _x86_class(target.isa) in ("amx", "avx512-vnni"):
+        return "performance", (f"x86 {_x86_class(target.isa)}: symmetric INT8 activations run the CPU's signed INT8 "
+                               f"kernels without zero-point compensation; measured {NNCF_MEASURED}")
+    if target.kind == "tensorrt":
+        return "mixed", "NNCF's default (OpenVINO artifacts do not run on a TensorRT target)"
+    return "mixed", ("NNCF's default (asymmetric activations): symmetric ones are measured faster only on "
+                     "VNNI/AMX CPUs")
+
+
+def int8_choice(target: Target, explicit_scheme: str | None = None,
+                explicit_preset: str | None = None) -> dict[str, Any]:
+    """What to build for ``target``: ``{"target", "onnx_scheme", "onnx_why", "openvino", "openvino_preset",
+    "openvino_why", "chosen_by", "openvino_chosen_by"}`` (recorded in the manifest as
+    ``calibration.target`` and each INT8 artifact's ``details.target``). ``explicit_scheme``
+    (``--int8-scheme``) and ``explicit_preset`` (``--nncf-preset``) win over the target."""
     if target.kind == "tensorrt":
         scheme, why = "s8s8", ("TensorRT builds only signed INT8 Q/DQ with zero point 0 (U8S8's zero points are "
                                "refused: check-trt)")
@@ -141,10 +164,17 @@ def int8_choice(target: Target, explicit_scheme: str | None = None) -> dict[str,
         scheme, why = "s8s8", ("Arm: ONNX Runtime's Arm kernels take signed x signed INT8 natively (NEON sdot, "
                                "I8MM), so U8S8's 7-bit weights buy nothing; not measured in this project, "
                                "measure on the device (veca-deploy bench)")
+    preset, preset_why = nncf_preset_for(target)
     out = {"target": target.to_dict(), "onnx_scheme": scheme, "onnx_why": why, "chosen_by": "--target",
-           "openvino": "nncf", "openvino_why": ("NNCF INT8 on every target: OpenVINO picks its INT8 kernels on the "
-                                                "device (AMX/VNNI fast: 59 ms vs f32 156 ms on the AMX Xeon; on "
-                                                "AVX2 0.8-1.0x f32, where bench/select keep f32)")}
+           "openvino": "nncf", "openvino_preset": preset, "openvino_chosen_by": "--target",
+           "openvino_why": (f"NNCF INT8, preset {preset}: {preset_why}. OpenVINO picks its INT8 kernels on the device "
+                            "(on AVX2 0.8-1.0x f32, where bench/select keep f32)")}
+    if explicit_preset and explicit_preset != preset:
+        out.update(openvino_preset=explicit_preset, openvino_chosen_by="--nncf-preset",
+                   openvino_why=f"--nncf-preset {explicit_preset} given (the target alone would use {preset}: "
+                                f"{preset_why})")
+    elif explicit_preset:
+        out["openvino_chosen_by"] = "--nncf-preset (same as --target)"
     if explicit_scheme and explicit_scheme != scheme:
         out.update(onnx_scheme=explicit_scheme, chosen_by="--int8-scheme",
                    onnx_why=f"--int8-scheme {explicit_scheme} given (the target alone would build {scheme}: {why})"
@@ -162,7 +192,9 @@ def describe_choice(choice: dict[str, Any]) -> str:
     where = t.get("device") or t.get("origin") or ""
     return (f"INT8 for target {t.get('name')} ({t.get('kind')}{': ' + where if where else ''}; {feats}): "
             f"ONNX {choice.get('onnx_scheme', '?').upper()} [{choice.get('chosen_by')}] - {choice.get('onnx_why')}; "
-            f"OpenVINO NNCF - {choice.get('openvino_why')}")
+            f"OpenVINO NNCF {choice.get('openvino_preset', 'mixed')} [{choice.get('openvino_chosen_by', '--target')}] - "
+            f"{choice.get('openvino_why')}")
 
 
-__all__ = ["ALIASES", "HOST", "TARGETS", "Target", "describe_choice", "int8_choice", "resolve_target"]
+__all__ = ["ALIASES", "HOST", "TARGETS", "Target", "describe_choice", "int8_choice", "nncf_preset_for",
+           "resolve_target"]

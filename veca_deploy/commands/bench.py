@@ -137,9 +137,20 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     failed = [(c, e) for c, e in rows if e is not None and e.get("error")]
     if not measured:
         raise UsageError("no candidate could run here (backend libraries missing?)")
-    if failed:
-        raise BundleError(f"{len(failed)} of {len(measured)} measurement(s) failed, first: {failed[0][0].key}: "
-                          f"{failed[0][1]['error']}")
+    # an execution variant (OpenVINO running a graph in bf16/f16) is an option of this runtime, not
+    # part of the bundle: one this device cannot compile or that fails its gate here is recorded and
+    # never selected, but the bundle is fine. A failing artifact in its own precision is an error.
+    broken = {(c.artifact.id, c.cores) for c, _ in failed if not c.variant}
+    refused = [(c, e) for c, e in failed if c.variant and (c.artifact.id, c.cores) not in broken]
+    failed = [(c, e) for c, e in failed if (c.artifact.id, c.cores) in broken]
+    if failed:  # the variants of a failing artifact fail with it: one error, about the artifact
+        first = next((c, e) for c, e in failed if not c.variant)
+        raise BundleError(f"{len(failed)} of {len(measured)} measurement(s) failed, first: {first[0].key}: "
+                          f"{first[1]['error']}")
+    if refused:
+        console.print(f"{len(refused)} execution variant(s) refused here, never selected: "
+                      + "; ".join(f"{c.key}: {e['error'][:120]}" for c, e in refused[:3]), highlight=False,
+                      soft_wrap=True)
 
 
 def _pre_table(pre_rows) -> None:
@@ -174,21 +185,23 @@ def _table(prof, rows, path) -> None:
     t.columns[0].min_width = 11
     for c, e in rows:
         a = c.artifact
-        label = f"{SHORT.get(c.backend, c.backend)}-{a.precision}" + ("-el" if a.elastic else "")
+        label = (f"{SHORT.get(c.backend, c.backend)}-{a.precision}" + ("-el" if a.elastic else "")
+                 + (f" in {c.variant}" if c.variant else ""))
         size = f"{a.height}x{a.width}"
         if e is None:
             t.add_row(label, str(c.cores), size, "[yellow]backend missing[/yellow]", *["-"] * 8)
             continue
         tm = e.get("timing")
         if e.get("error") or not tm:
-            t.add_row(label, str(c.cores), size, f"[red]{(e.get('error') or '')[:60]}[/red]", *["-"] * 8)
+            color = "yellow" if c.variant else "red"  # a refused variant is not a bundle defect
+            t.add_row(label, str(c.cores), size, f"[{color}]{(e.get('error') or '')[:60]}[/{color}]", *["-"] * 8)
             continue
         pct = tm["percentiles_ms"]
         t.add_row(label, str(c.cores), size, _f(tm.get("load_ms"), 0), _f(tm.get("first_ms"), 1),
                   _f(pct["50"]), _f(pct["90"]), _f(pct["99"]), _f(tm["mean_ms"]), _f(tm["throughput_ips"], 0),
                   _f(tm.get("rss_mb"), 0), format_top1(c.accuracy, c.samples))
     out.print(t)
-    out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph; load = load + compile; 1st = first inference; RSS = process MiB after the run)")
+    out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph, in bf16 = an execution variant; load = load + compile; 1st = first inference; RSS = process MiB after the run)")
 
 
 def _plot(rows, path: Path, device: str) -> None:

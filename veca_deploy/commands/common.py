@@ -106,13 +106,23 @@ def int8_scheme_option(f):
                              "over --target.")(f)
 
 
+def nncf_preset_option(f):
+    """``--nncf-preset`` for export and quantize (choices: calibration.recipe.NNCF_PRESETS)."""
+    from ..calibration.recipe import NNCF_PRESETS
+
+    return click.option("--nncf-preset", type=click.Choice(list(NNCF_PRESETS)), default=None,
+                        help="OpenVINO INT8 (NNCF): performance = symmetric activations (fast on VNNI/AMX CPUs), "
+                             "mixed = asymmetric activations. Default: what --target needs; given, it wins over "
+                             "--target.")(f)
+
+
 def target_option(f):
     """``--target`` for export and quantize: the device the INT8 artifacts are built for."""
     return click.option("--target", default="host", show_default=True,
                         help="Device the INT8 artifacts are for: avx2, avx512, avx512-vnni, amx, arm-neon, arm-sve, "
                              "tensorrt (jetson), host (this machine), or a device profile JSON that bench wrote. "
-                             "Picks the ONNX INT8 scheme (S8S8 for TensorRT and Arm, U8S8 on x86); OpenVINO "
-                             "INT8 is NNCF on every target.")(f)
+                             "Picks the ONNX INT8 scheme (S8S8 for TensorRT and Arm, U8S8 on x86) and the NNCF "
+                             "preset of OpenVINO INT8 (performance on VNNI/AMX, else mixed).")(f)
 
 
 def print_int8_choice(calibration: dict) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import (console, int8_scheme_option, parse_int_list, parse_list, parse_size, print_int8_choice,
-                     progress_reporter, target_option, torch_side_import)
+from .common import (console, int8_scheme_option, nncf_preset_option, parse_int_list, parse_list, parse_size,
+                     print_int8_choice, progress_reporter, target_option, torch_side_import)
 
 
 @click.command("export")
@@ -18,6 +18,7 @@ from .common import (console, int8_scheme_option, parse_int_list, parse_list, pa
               "seg-fashion-mnist (segmentation canvases).")
 @click.option("--calib-size", type=int, default=None, help="Calibration images (default 512).")
 @int8_scheme_option
+@nncf_preset_option
 @target_option
 @click.option("--allow-drop", type=float, default=None, help="Accept an accuracy drop up to X points.")
 @click.option("--resize-mode", type=click.Choice(["stretch", "shorter"]), default="stretch", show_default=True,
@@ -52,7 +53,7 @@ from .common import (console, int8_scheme_option, parse_int_list, parse_list, pa
 @click.option("--allow-small-calib", is_flag=True, help="Accept fewer than 300 calibration images (recorded).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, target, allow_drop, resize_mode, crop_pct,
+def command(source, cores, image_sizes, formats, precisions, calib, calib_size, int8_scheme, nncf_preset, target, allow_drop, resize_mode, crop_pct,
             no_antialias, batch, opset, exporter,
             simplifier, elastic, random_weights, config, model_factory, checkpoint, output_names, postprocess, out,
             calib_resolution, allow_small_calib, force, quiet):
@@ -81,7 +82,8 @@ def command(source, cores, image_sizes, formats, precisions, calib, calib_size, 
         raise UsageError("--checkpoint needs --model-factory (a checkpoint of the model itself is SOURCE)")
     if output_names or postprocess:  # the pipeline refuses them for a SOURCE without a head
         task_kw.update(output_names=parse_list(output_names) or None, postprocess=parse_list(postprocess) or None)
-    calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme, "target": target}
+    calib_options = {"allow_small": allow_small_calib, "int8_scheme": int8_scheme, "target": target,
+                     "nncf_preset": nncf_preset}
     if calib_size is not None:
         calib_options["count"] = calib_size
     if calib_resolution is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import (format_accuracy, int8_scheme_option, out, parse_int_list, parse_list, print_int8_choice,
-                     progress_reporter, target_option)
+from .common import (format_accuracy, int8_scheme_option, nncf_preset_option, out, parse_int_list, parse_list,
+                     print_int8_choice, progress_reporter, target_option)
 
 
 @click.command("quantize")
@@ -20,6 +20,7 @@ from .common import (format_accuracy, int8_scheme_option, out, parse_int_list, p
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
               help="ONNX Runtime activation calibration (default minmax, see docs/quantization.md).")
 @int8_scheme_option
+@nncf_preset_option
 @target_option
 @click.option("--format", "formats", default=None, help="onnx, openvino (default: both, where the bundle has FP32).")
 @click.option("--tiers", default=None, help="Only these core tiers (elastic graphs are always included).")
@@ -39,7 +40,7 @@ from .common import (format_accuracy, int8_scheme_option, out, parse_int_list, p
 @click.option("--allow-small-calib", "--force", "allow_small", is_flag=True,
               help="Accept fewer than 300 calibration images (recorded in the manifest); --force is the old name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, target, formats, tiers, eval_data, eval_limit,
+def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, nncf_preset, target, formats, tiers, eval_data, eval_limit,
             metric, allow_drop, calib_resolution, allow_small, quiet) -> None:
     """Add INT8 (ONNX QDQ + OpenVINO NNCF) and/or FP16 ONNX artifacts to BUNDLE_DIR, gated on parity and accuracy."""
     from rich.table import Table
@@ -51,7 +52,7 @@ def command(bundle_dir, precisions, calib, count, seed, method, int8_scheme, tar
         m = quantize(bundle_dir, precisions=precs, calib=calib, formats=parse_list(formats), allow_small=allow_small,
                      allow_drop=allow_drop, progress=rep, method=method, int8_scheme=int8_scheme, count=count, seed=seed,
                      tiers=parse_int_list(tiers, "--tiers"), eval_data=eval_data, eval_limit=eval_limit, target=target,
-                     metric=metric, calib_resolution=calib_resolution)
+                     metric=metric, calib_resolution=calib_resolution, nncf_preset=nncf_preset)
     t = Table(title=f"quantized artifacts in {bundle_dir}")
     for col in ("artifact", "path", "MiB", "accuracy", "min cosine"):
         t.add_column(col)

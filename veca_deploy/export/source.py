@@ -59,7 +59,7 @@ def resolve_source(source: str | None, random_weights: bool = False, config=None
     """A model and its provenance from: None (built-in reference), a registry name, or a path.
     ``config`` (see :func:`resolve_config`) is the model config of a checkpoint that carries none."""
     from ..model.checkpoint import load_checkpoint, load_reference_model
-    from ..model.registry import DEFAULT_MODEL, create_model, list_models
+    from ..model.registry import DEFAULT_MODEL, create_model, latency_weights, list_models
 
     config = resolve_config(config)
     if config is not None and (source in (None, "", BUILTIN, "builtin") or source in list_models()):
@@ -97,7 +97,7 @@ def resolve_source(source: str | None, random_weights: bool = False, config=None
         import torch
 
         torch.manual_seed(0)
-        model = create_model(source).eval()
+        model = latency_weights(create_model(source)).eval()
         return model, {"name": source, "source": f"registry:{source}", "source_sha256": None,
                        "random_weights": True}
     if source is None:

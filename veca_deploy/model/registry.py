@@ -66,3 +66,22 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any):
     from .veca import VECA
 
     return VECA(model_config(name, **overrides))
+
+
+def latency_weights(model, seed: int = 0, std: float = 0.02):
+    """Random weights for latency work (``export --random-weights``, the benchmarks) in place:
+    the training init, plus N(0, ``std``) on every parameter it leaves constant.
+
+    The training init zeroes every bias, the core-coordinate updates (``pos_linears``,
+    ``pos_alpha``) and sets LayerNorm scales to 1; graph simplifiers and OpenVINO then drop the
+    zero adds and unit multiplies, and OpenVINO even fuses patterns (its LLM MLP node) that a
+    biased, trained checkpoint never matches, so a zero-init model times work a real checkpoint
+    does not do. Returns ``model``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and bool((p == p.reshape(-1)[0]).all()):
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return model

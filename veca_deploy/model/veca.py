@@ -75,7 +75,14 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with 2-D RoPE; ``cores`` > 0 selects the core-periphery pattern."""
+    """Multi-head attention with 2-D RoPE; ``cores`` > 0 selects the core-periphery pattern.
+
+    Written for the graph it exports to (docs/performance.md, "graph form"): RoPE is applied in
+    token layout ``[B, T, D]`` with angle tables already tiled over the heads, and the core /
+    patch split slices tokens before the heads are split. Each attention is then
+    Reshape -> Transpose -> SDPA -> Transpose, which OpenVINO fuses into one kernel, instead of
+    RoPE and slices wedged between the head transposes and the attention.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -91,18 +98,41 @@ class Attention(nn.Module):
     def _split(self, t: Tensor) -> Tensor:
         return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, H, T, hd]
 
+    def _rope(self, t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """RoPE on ``t`` [B, T, D]; ``cos``/``sin`` [B|1, T, D] (one head's angles repeated per head).
+        The pair rotation runs per head as one ``[B, T*H, hd] @ R`` (a reshape, not a transpose)."""
+        hd = self.rope_rot.shape[0]
+        rot = rotate_half(t.reshape(t.shape[0], -1, hd), self.rope_rot).reshape(t.shape)
+        return t * cos + rot * sin
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
-        q = q * cos + rotate_half(q, self.rope_rot) * sin
-        k = k * cos + rotate_half(k, self.rope_rot) * sin
+        q = self._rope(self.q_proj(x), cos, sin)
+        k = self._rope(self.k_proj(x), cos, sin)
+        v = self.v_proj(x)
         if cores is None:  # full attention (ViT baseline)
-            o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            o = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v), scale=self.scale)
         else:
-            kc, vc = k[:, :, :cores], v[:, :, :cores]
-            o_core = F.scaled_dot_product_attention(q[:, :, :cores], k, v, scale=self.scale)
-            o_patch = F.scaled_dot_product_attention(q[:, :, cores:], kc, vc, scale=self.scale)
+            kc, vc = self._split(k[:, :cores]), self._split(v[:, :cores])
+            o_core = F.scaled_dot_product_attention(self._split(q[:, :cores]), self._split(k), self._split(v),
+                                                    scale=self.scale)
+            o_patch = F.scaled_dot_product_attention(self._split(q[:, cores:]), kc, vc, scale=self.scale)
             o = torch.cat([o_core, o_patch], dim=2)
         return self.out_proj(o.transpose(1, 2).flatten(2))
+
+
+class PairLinear(nn.Linear):
+    """``Linear(D, 2*Hm)`` that returns its two halves (SwiGLU's u and v) as two products.
+
+    Same parameters as the checkpoint's ``fc1`` (``[2*Hm, D]`` weight) and the same dot products,
+    but the exported graph has two MatMuls instead of one followed by a split of the
+    ``[T, 2*Hm]`` activation, which OpenVINO runs as a reference (non-JIT) kernel
+    (docs/performance.md, "graph form").
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        h = self.out_features // 2
+        w, b = self.weight, self.bias
+        return F.linear(x, w[:h], None if b is None else b[:h]), F.linear(x, w[h:], None if b is None else b[h:])
 
 
 class Block(nn.Module):
@@ -114,12 +144,12 @@ class Block(nn.Module):
         self.norm_attn = nn.LayerNorm(d)
         self.attn = Attention(d, cfg.num_heads)
         self.norm_ffn = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, 2 * hm)
+        self.fc1 = PairLinear(d, 2 * hm)
         self.fc2 = nn.Linear(hm, d)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
         x = x + self.attn(self.norm_attn(x), cos, sin, cores)
-        u, v = self.fc1(self.norm_ffn(x)).chunk(2, dim=-1)
+        u, v = self.fc1(self.norm_ffn(x))
         return x + self.fc2(F.silu(u) * v)
 
 
@@ -179,7 +209,8 @@ class VECA(nn.Module):
         return torch.cat(list(self.query_token_chunks), 1), torch.cat(list(self.qcoord_chunks), 1)
 
     def _rope(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        ang = (coords @ self.rope_proj).unsqueeze(1)  # [B|1, 1, T, hd]: same angles every head
+        """cos/sin tables [B|1, T, D] of ``coords`` [B|1, T, 2]: one head's angles, repeated per head."""
+        ang = (coords @ self.rope_proj).repeat(1, 1, self.cfg.num_heads)
         return ang.cos(), ang.sin()
 
     def forward_tokens(self, images: Tensor, cores: int | Tensor | None) -> tuple[Tensor, int | Tensor]:
@@ -203,12 +234,16 @@ class VECA(nn.Module):
             bank, raw_bank = self.core_bank()
             tokens, raw = bank[:, :cores], raw_bank[:, :cores]
             x = torch.cat([tokens.expand(b, -1, -1), patches], 1)
+            # the patches' tables depend on the input size only: constants of the exported graph;
+            # only the cores' rows (their coordinates move per image and layer) are computed per layer
+            pcos, psin = self._rope(pc)
             for i, blk in enumerate(self.blocks):
                 if i > 0:
                     raw = raw + self.pos_alpha[i - 1] * self.pos_linears[i - 1](x[:, :cores])
-                core_xy = torch.tanh(raw)
-                coords = torch.cat([core_xy, pc.expand(core_xy.shape[0], -1, -1)], 1)
-                cos, sin = self._rope(coords)
+                ccos, csin = self._rope(torch.tanh(raw))
+                n = ccos.shape[0]
+                cos = torch.cat([ccos, pcos.expand(n, -1, -1)], 1)
+                sin = torch.cat([csin, psin.expand(n, -1, -1)], 1)
                 x = blk(x, cos, sin, cores)
         x = self.final_norm(x)
         if self.output_proj is not None:

@@ -23,10 +23,31 @@ def _import_openvino():
     return ov
 
 
+#: OpenVINO's CPU plugin keeps the "tail" of a graph in f32 under a bf16 precision hint: every op
+#: between the outputs and the last matrix product. In a transformer the residual adds chain the
+#: tail up through every layer, so the whole residual stream ran in f32 with an f32<->bf16 reorder
+#: around each add (~9 % of the bf16 path of veca_small at 512 px, docs/performance.md). This
+#: per-op runtime attribute (read by the plugin's Node constructor) opts an op into the hint.
+_LOW_PRECISION_TAIL = "enforceBF16evenForGraphTail"
+
+
+def low_precision_tail(model) -> int:
+    """Mark every computing op of ``model`` to run in the bf16 hint, graph tail included; returns
+    how many. The outputs stay f32 (the plugin converts at the Result)."""
+    n = 0
+    for op in model.get_ops():
+        if op.get_type_name() not in ("Parameter", "Result", "Constant"):
+            op.get_rt_info()[_LOW_PRECISION_TAIL] = "1"  # parsed as bool by the plugin
+            n += 1
+    return n
+
+
 class OpenVINORunner(Runner):
     """Options: ``device`` ("CPU"), ``hint`` ("LATENCY" | "THROUGHPUT"), ``threads``,
     ``cache_dir``, ``inference_precision`` ("f32" default, "bf16", "f16"), ``streams`` (K > 1:
-    ``NUM_STREAMS`` K and the THROUGHPUT hint, for K requests in flight; see ``runtimes/pool.py``)."""
+    ``NUM_STREAMS`` K and the THROUGHPUT hint, for K requests in flight; see ``runtimes/pool.py``),
+    ``low_precision_tail`` (default True: under "bf16" the graph's tail runs in bf16 too, see
+    :func:`low_precision_tail`; the gates judge the result at bf16 tolerances)."""
 
     backend = "openvino"
 
@@ -49,8 +70,11 @@ class OpenVINORunner(Runner):
         bin_path = os.path.splitext(xml)[0] + ".bin"
         if xml.endswith(".xml") and not os.path.isfile(bin_path):
             raise BundleError(f"{self.path.name}: missing weights file {os.path.basename(bin_path)}")
+        tail = prec == "bf16" and bool(self.options.get("low_precision_tail", True))
         try:
             model = core.read_model(xml)
+            if tail:
+                low_precision_tail(model)
             self.compiled = core.compile_model(model, device, cfg)
         except Exception as e:
             msg = first_line(e)
@@ -67,6 +91,8 @@ class OpenVINORunner(Runner):
                          for i, p in enumerate(self.compiled.outputs)]
         self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()},
                          "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+        if tail:
+            self.settings["low_precision_tail"] = "True"
 
     def input_specs(self) -> list[TensorSpec]:
         self.activate()

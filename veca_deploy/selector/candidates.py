@@ -17,7 +17,8 @@ from typing import Any, Iterable
 from ..bundle.manifest import Artifact
 from ..bundle.reader import Bundle
 from ..errors import BackendUnavailable, UsageError
-from ..formats import BACKENDS, FORMATS, backend_format, execution_precision, format_backend, variant_options
+from ..formats import (BACKENDS, FORMATS, backend_format, execution_precision, format_backend, variant_applies,
+                       variant_options)
 from ..runtimes import backend_available, supported_variants
 
 PRECISION_RANK = {"fp32": 3, "fp16": 2, "bf16": 1, "int8": 0}
@@ -201,6 +202,6 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
             rec = accuracy_record(a, c) if acc is not None and n else None
             out.append(Candidate(a, c, acc, None, n, rec))
             for v in native.get(format_backend(a.format), ()):
-                if execution_precision(a.precision, v) != a.precision:  # a variant that changes nothing is not one
+                if variant_applies(a.precision, v):  # a variant that changes nothing is not one
                     out.append(Candidate(a, c, acc, v, n, rec))
     return out
