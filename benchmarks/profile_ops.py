@@ -114,27 +114,22 @@ def ort_profile(path: Path, x: np.ndarray, runs: int, prefix: Path) -> dict:
 
 
 def ov_profile(xml: Path, x: np.ndarray, runs: int, precision: str = "f32") -> dict:
-    """PERF_COUNT per op type [kernel] / node, averaged over ``runs`` inferences after one warm-up."""
-    import openvino as ov
+    """PERF_COUNT per op type [kernel] / node, averaged over ``runs`` inferences after one warm-up,
+    of the configuration the project's runner serves (batch-1 compile, bf16 graph tail)."""
+    from veca_deploy.runtimes import create_runner
 
-    from veca_deploy.runtimes.openvino_rt import low_precision_tail
-
-    core = ov.Core()
-    model = core.read_model(str(xml))
-    if precision == "bf16":  # as the runner serves bf16: the graph tail too
-        low_precision_tail(model)
-    compiled = core.compile_model(model, "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True})
-    req = compiled.create_infer_request()
-    req.infer({"images": x})
+    r = create_runner("openvino", xml, inference_precision=precision, perf_count=True).activate()
+    r.infer({"images": x}, check=False)
     by_type, by_node = defaultdict(float), defaultdict(float)
     for _ in range(runs):
-        req.infer({"images": x})
-        for p in req.get_profiling_info():
+        r.infer({"images": x}, check=False)
+        for p in r.profiling_info():
+            if p.real_time.total_seconds() <= 0:  # folded or in-place (a static-shape Reshape): nothing ran
+                continue
             ms = p.real_time.total_seconds() * 1e3 / runs
             by_type[f"{p.node_type} [{p.exec_type}]"] += ms
             by_node[f"{pattern(p.node_name)} [{p.exec_type}]"] += ms
-    del req, compiled
+    r.close()
     return {"total_ms": round(sum(by_type.values()), 2), "by_op_type": top(by_type, 20), "by_node": top(by_node, 20),
             "gemm_ms": round(sum(v for k, v in by_type.items() if is_gemm(k.split(" [")[0])), 3),
             "kernels": sorted({k.split(" [")[1].rstrip("]") for k in by_type if " [" in k

@@ -85,6 +85,41 @@ def targets(r: dict[str, dict | None]) -> list[list[Any]]:
     return rows
 
 
+#: results of other machines, each in its own folder under the results (the ISA class it stands for)
+MACHINE_DIRS = ("amx",)
+
+
+def speed_targets(ds: dict | None) -> list[list[Any]]:
+    """Issue 15 on the machine that ran ``deploy_speedup``: the path ``select`` chooses (through the
+    CLI) vs eager FP32, and the fastest path's share of its precision's practical peak."""
+    if not ds:
+        return []
+    rows: list[list[Any]] = []
+    isa = (ds.get("target_fastest_vs_eager_c16_512") or {}).get("isa_class", "?")
+    where = ds["machine"].split(",")[0]
+    for p in ds.get("product", []):
+        what = (f"the path `select` chooses, {VECA} C={p['cores']} at {p['size']} px, >= {p['goal']:g}x PyTorch eager "
+                f"FP32 ({isa}: {where}; export, bench, select through the CLI)")
+        if p.get("ms"):
+            rows.append([what, f"{p['speedup_vs_torch']}x ({p['served']}: {p['ms']['selected']:.1f} vs "
+                               f"{p['ms']['torch_fp32']:.1f} ms, side by side)", _yes(p["met"])])
+        else:
+            f = p.get("fastest") or {}
+            rows.append([what, f"no gated path fits eager / {p['goal']:g} = {p.get('budget_ms')} ms; fastest "
+                               f"{f.get('key')} {f.get('p50_ms')} ms", _yes(False)])
+    t = ds.get("target_fastest_pct_of_peak_c16_512")
+    if t:
+        rows.append([f"fastest {VECA} C={TARGET_C} path at 512 px >= 40% of the practical peak of its precision "
+                     f"({isa})", f"{t['pct_of_peak']}% ({t['fastest']}: {t['gflops']} of {t['peak']} "
+                     f"{t['peak_gflops']} GFLOP/s, same run)", _yes(t["met"])])
+    return rows
+
+
+def _on(result: dict | None, rows: list[list[Any]]) -> list[list[Any]]:
+    """``rows`` with the machine that measured ``result`` named in each target."""
+    return [[f"{t} [{result['machine'].split(',')[0]}]", *rest] for t, *rest in rows] if result else rows
+
+
 def scaling_targets(sc: dict | None) -> list[list[Any]]:
     """VECA vs ViT at 1024 px per execution path (a path is a backend in results older than paths):
     the 2.5x speed-up, and (issue 15, each model on its fastest attention form) the wall-clock
@@ -182,7 +217,9 @@ def section(results: Path) -> str:
     names = ("scaling", "deploy_speedup", "elastic_tiers", "toolchain_cost", "toolchain_cost_reference",
              "runtime_overhead", "soak", "profile_ops", "throughput", "selection_quality")
     r = {n: load(results, n) for n in names}
+    others = {m: {n: load(results / m, n) for n in ("deploy_speedup", "scaling")} for m in MACHINE_DIRS}
     have = {n: d for n, d in r.items() if d}
+    have.update({f"{m}/{n}": d for m, rs in others.items() for n, d in rs.items() if d})
     if not have:
         raise SystemExit(f"no benchmark results in {results}")
     machines = sorted({d["machine"] for d in have.values()})
@@ -191,7 +228,13 @@ def section(results: Path) -> str:
     out = [f"Measured on: **{', '.join(machines)}** ({', '.join(dates)}); each benchmark's JSON in `{rel}/` holds the "
            "full device fingerprint and the load average. Batch 1, medians of interleaved rounds (A B C, C B A, ...). "
            "Details, what was tried and what it gave: `docs/performance.md`.\n\n**Targets**\n\n",
-           cm.md_table(["target", "measured", ""], targets(r))]
+           cm.md_table(["target", "measured", ""], targets(r) + [row for rs in others.values() for row in
+                                                                 speed_targets(rs["deploy_speedup"])
+                                                                 + _on(rs["scaling"], scaling_targets(rs["scaling"]))])]
+    for m, rs in others.items():
+        if any(rs.values()):
+            out.append(f"\nRows naming another machine come from `{rel}/{m}/` (its own markdown tables there: "
+                       + ", ".join(f"`{n}.md`" for n, d in rs.items() if d) + ").\n")
     if r["scaling"]:
         sc = r["scaling"]
         what = ("every CPU path, each model on its fastest attention form" if sc.get("paths") else "FP32")

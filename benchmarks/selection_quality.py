@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,6 @@ import _common as cm  # noqa: E402
 
 NAME = "selection_quality"
 TARGET = 1.25
-CLI = ([str(Path(sys.executable).parent / "veca-deploy")] if (Path(sys.executable).parent / "veca-deploy").is_file()
-       else [sys.executable, "-m", "veca_deploy.cli"])
 #: what scripts/quickstart.sh exports (the --out is added per run)
 QUICKSTART_EXPORT = ["export", "--elastic", "--precision", "fp32,fp16,int8", "--calib", "fashion-mnist", "--force"]
 SMOKE_EXPORT = ["export", "--cores", "8,16", "--formats", "onnx", "--precision", "fp32", "--elastic", "--force"]
@@ -76,16 +72,14 @@ def parse(argv=None):
 
 
 def cli(args: list[str], log: bool = True) -> dict[str, Any]:
-    """One veca-deploy command in its own process: argv, rc, seconds, stdout, the stderr tail."""
+    """One veca-deploy command in its own process (``_common.run_cli``): argv, rc, seconds, peak
+    RSS, stdout, the stderr tail."""
     argv = [str(x) for x in args]
     if log:
         cm.log("$ veca-deploy " + " ".join(argv))
-    t0 = time.perf_counter()
-    p = subprocess.run(CLI + argv, capture_output=True, text=True, check=False)
-    rec = {"argv": ["veca-deploy", *argv], "rc": p.returncode, "seconds": round(time.perf_counter() - t0, 2),
-           "stderr_tail": p.stderr.strip().splitlines()[-3:] if p.stderr.strip() else []}
-    rec["stdout"] = p.stdout
-    return rec
+    r = cm.run_cli(argv)
+    return {"argv": r["argv"], "rc": r["rc"], "seconds": r["wall_s"], "peak_rss_gb": r["peak_rss_gb"],
+            "stderr_tail": r["stderr"].strip().splitlines()[-3:] if r["stderr"].strip() else [], "stdout": r["stdout"]}
 
 
 def checked(rec: dict[str, Any]) -> dict[str, Any]:

@@ -450,6 +450,16 @@ def test_report_reproduces_the_committed_results(tmp_path):
     assert "latency vs concurrency" in text and throughput["machine"] in text
     assert all(f"{r['speedup_vs_sync']}x ({r['best_streams']} in flight" in text for r in throughput["rows"]
                if r.get("input", "tensor") == "tensor")
+    # another machine's results (benchmarks/results/amx): the issue-15 rows, each naming its machine
+    amx = json.loads((results / "amx" / "deploy_speedup.json").read_text())
+    for p in amx.get("product", []):
+        if p.get("ms"):
+            assert f"{p['speedup_vs_torch']}x ({p['served']}" in text
+    peak = amx["target_fastest_pct_of_peak_c16_512"]
+    assert f"{peak['pct_of_peak']}% ({peak['fastest']}" in text
+    amx_scaling = json.loads((results / "amx" / "scaling.json").read_text())
+    assert all(f"{r['wall_over_flop_veca_small_c16']:.2f}x" in text for r in amx_scaling["ratios"]
+               if r["size"] == 1024 and r.get("wall_over_flop_veca_small_c16") is not None)
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n{report.BEGIN}\nstale\n{report.END}\nafter\n")
     report.main(["--results", str(results), "--readme", str(readme)])

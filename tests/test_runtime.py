@@ -113,6 +113,32 @@ def test_measure_sanity_check_inside_loop(mode, msg):
         measure(FakeRunner(bad_after=5, mode=mode), {"images": x}, count=10, warmup=1)
 
 
+def test_openvino_compiles_batch_one_and_still_serves_any_batch(bundle):
+    """A dynamic-batch IR is compiled for batch 1 (what a latency-bound caller sends; the CPU
+    plugin fuses more with static shapes) and other batches run on the dynamic model, compiled on
+    first use, in the sync path and in every stream's lane."""
+    from veca_deploy.bundle import read_manifest
+    from veca_deploy.runtimes.pool import create_pool
+
+    a = read_manifest(bundle).find("openvino", "fp32", 8, elastic=False)[0]
+    x = np.random.default_rng(3).standard_normal((3, 3, a.height, a.width)).astype(np.float32)
+    with create_runner("openvino", bundle / a.path) as r:
+        assert r.describe()["static_batch"] == "1" and r.compiled.inputs[0].get_partial_shape()[0].get_length() == 1
+        assert r.input_specs()[0].shape[0] is None  # callers may still send any batch
+        one = [r.infer({"images": x[i:i + 1]})["patches"] for i in range(3)]
+        assert r._dynamic_compiled is None  # nothing compiled for other batches yet
+        three = r.infer({"images": x})["patches"]
+        np.testing.assert_allclose(three, np.concatenate(one), atol=1e-5)
+        pool = create_pool(r, 2)
+        try:
+            got, _ = pool.submit({"images": x}).result(timeout=60)  # (outputs, latency_ms)
+            np.testing.assert_allclose(got["patches"], three, atol=1e-5)
+        finally:
+            pool.close()
+    with create_runner("openvino", bundle / a.path, static_batch=False) as r:
+        assert "static_batch" not in r.describe() and r.compiled.inputs[0].get_partial_shape()[0].is_dynamic
+
+
 def test_measure_argument_checks():
     x = np.zeros((1, 3, 4, 4), np.float32)
     for kw in ({"count": 0}, {"count": None, "duration_s": -1.0}, {"warmup": -1}):

@@ -163,8 +163,11 @@ def test_user_model_quantizes_with_a_task_metric(user_file, tmp_path, capsys):
     with veca_deploy.Runtime.open(b, tiers=[16], precisions=["fp32"], backend="onnxruntime") as rt:
         masks = np.concatenate([rt.predict(images[i:i + 1])["mask"] for i in range(len(images))])
     np.savez(tmp_path / "mine.npz", images=images, masks=masks.astype(np.int64), num_classes=5)
-    rc = cli_main(["quantize", str(b), "--calib", "fashion-mnist", "--calib-size", "64",
-                   "--allow-small-calib", "--format", "onnx", "--eval-data", str(tmp_path / "mine.npz"),
+    # S8S8 (8-bit weights) on any host: this random 1x1 head puts many upsampled pixels on class
+    # boundaries, and U8S8's 7-bit weights flip enough of them to sit right at the 0.97 mask-agreement
+    # gate (0.976 and 0.969 with two graph forms of the same model); S8S8 keeps 0.976-0.979
+    rc = cli_main(["quantize", str(b), "--calib", "fashion-mnist", "--calib-size", "64", "--allow-small-calib",
+                   "--format", "onnx", "--int8-scheme", "s8s8", "--eval-data", str(tmp_path / "mine.npz"),
                    "--metric", "miou", "--allow-drop", "100", "-q"])
     text = capsys.readouterr()
     assert rc == 0, text.err

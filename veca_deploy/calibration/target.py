@@ -129,7 +129,7 @@ def _x86_class(isa: tuple[str, ...]) -> str:
 #: reference model's top-1 on all 10,000 test images), docs/quantization.md "NNCF preset per target"
 NNCF_MEASURED = ("Intel Xeon with AMX, 2 cores, 2026-12-07: performance 49.6 ms vs mixed 60.2 ms (the FCs run "
                  "brgemm_avx512_amx_i8 instead of the zero-point-compensated _I8 kernel); reference model top-1 "
-                 "88.11-88.15 % vs 87.99-88.18 % (mixed), FP32 88.06-88.23 %")
+                 "88.12-88.21 % on 10,000 images (FP32 88.06-88.23 %)")
 
 
 def nncf_preset_for(target: Target) -> tuple[str, str]:

@@ -7,12 +7,13 @@ On CPUs with bf16 units OpenVINO silently runs f32 models in bf16; we make the c
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
 
 from ..errors import first_line, BackendUnavailable, BundleError
-from .base import Runner, TensorSpec
+from .base import IMAGES, Runner, TensorSpec
 
 
 def _import_openvino():
@@ -37,7 +38,8 @@ def low_precision_tail(model) -> int:
     n = 0
     for op in model.get_ops():
         if op.get_type_name() not in ("Parameter", "Result", "Constant"):
-            op.get_rt_info()[_LOW_PRECISION_TAIL] = "1"  # parsed as bool by the plugin
+            # read as a bool by the plugin; "YES" is the spelling every release parses (2023.3 refuses "1"/"true")
+            op.get_rt_info()[_LOW_PRECISION_TAIL] = "YES"
             n += 1
     return n
 
@@ -46,8 +48,16 @@ class OpenVINORunner(Runner):
     """Options: ``device`` ("CPU"), ``hint`` ("LATENCY" | "THROUGHPUT"), ``threads``,
     ``cache_dir``, ``inference_precision`` ("f32" default, "bf16", "f16"), ``streams`` (K > 1:
     ``NUM_STREAMS`` K and the THROUGHPUT hint, for K requests in flight; see ``runtimes/pool.py``),
+    ``perf_count`` (OpenVINO's per-op counters, :meth:`profiling_info`),
     ``low_precision_tail`` (default True: under "bf16" the graph's tail runs in bf16 too, see
-    :func:`low_precision_tail`; the gates judge the result at bf16 tolerances)."""
+    :func:`low_precision_tail`; the gates judge the result at bf16 tolerances), ``static_batch``
+    (default True: an ``images`` input with a dynamic batch is compiled for batch 1, what a
+    latency-bound caller sends; other batch sizes get the dynamic model, compiled on first use).
+
+    Why batch 1 static: the CPU plugin picks its kernels and fusions for the shapes it knows at
+    compile time; veca_small C=16 at 512 px ran 51.1 -> 40.0 ms (INT8, float ops in bf16) and
+    52.0 -> 46.3 ms (FP32 IR in bf16) with the batch fixed at 1 (docs/performance.md).
+    """
 
     backend = "openvino"
 
@@ -66,6 +76,8 @@ class OpenVINORunner(Runner):
             cfg["INFERENCE_PRECISION_HINT"] = prec
         if self.options.get("cache_dir"):
             cfg["CACHE_DIR"] = os.fspath(self.options["cache_dir"])
+        if self.options.get("perf_count"):  # per-op timings of the served configuration (profile_ops)
+            cfg["PERF_COUNT"] = True
         xml = os.fspath(self.path)
         bin_path = os.path.splitext(xml)[0] + ".bin"
         if xml.endswith(".xml") and not os.path.isfile(bin_path):
@@ -75,13 +87,18 @@ class OpenVINORunner(Runner):
             model = core.read_model(xml)
             if tail:
                 low_precision_tail(model)
-            self.compiled = core.compile_model(model, device, cfg)
+            served = _batch_one(model) if self.options.get("static_batch", True) else None
+            self.compiled = core.compile_model(served or model, device, cfg)
         except Exception as e:
             msg = first_line(e)
             raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg})") from None
-        self.request = self.compiled.create_infer_request()
+        # the dynamic-batch model, compiled the first time another batch size comes (see Lane)
+        self._core, self._device, self._cfg = core, device, cfg
+        self._dynamic_model, self._dynamic_compiled = (model if served is not None else None), None
+        self._compile_lock = threading.Lock()
+        self.request = Lane(self)
         self._inputs = []
-        for p in self.compiled.inputs:
+        for p in model.inputs:  # what callers may send: the graph's own shapes, not the batch-1 compile
             shape = tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
             self._inputs.append(TensorSpec(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()).name, shape))
         # the graph's own output names: after compilation a fused Cast (an argmax mask's int32)
@@ -93,6 +110,8 @@ class OpenVINORunner(Runner):
                          "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
         if tail:
             self.settings["low_precision_tail"] = "True"
+        if served is not None:
+            self.settings["static_batch"] = "1"
 
     def input_specs(self) -> list[TensorSpec]:
         self.activate()
@@ -110,15 +129,68 @@ class OpenVINORunner(Runner):
         outs = self.request.infer(feed, share_inputs=True, share_outputs=True).to_tuple()
         return {name: np.array(t, copy=True) for name, t in zip(self._outputs, outs)}
 
+    def profiling_info(self) -> list:
+        """OpenVINO's per-op counters of the last batch-1 call on the sync path (``perf_count=True``)."""
+        return self.request.one.get_profiling_info()
+
+    def new_lane(self) -> "Lane":
+        """An infer request of its own (the sync path has one; ``runtimes/pool.py`` makes one per
+        stream) that runs batch 1 on the batch-1 model and other batches on the dynamic one."""
+        self.activate()
+        return Lane(self)
+
+    def dynamic_model(self):
+        """The compiled dynamic-batch model (compiled once, on the first batch other than 1)."""
+        with self._compile_lock:
+            if self._dynamic_compiled is None:
+                try:
+                    self._dynamic_compiled = self._core.compile_model(self._dynamic_model, self._device, self._cfg)
+                except Exception as e:
+                    raise BundleError(f"{self.path.name}: OpenVINO cannot load it for batch > 1 "
+                                      f"({first_line(e)})") from None
+            return self._dynamic_compiled
+
     def _close(self) -> None:
         self.request = None
         self.compiled = None
+        self._dynamic_compiled = self._dynamic_model = self._core = None
 
     def describe(self) -> dict[str, Any]:
         ov = _import_openvino()
         d = {"backend": self.backend, "version": ov.get_version()}
         d.update(getattr(self, "settings", {}))
         return d
+
+
+class Lane:
+    """One caller's infer requests on a runner: the batch-1 compile for one image, the dynamic
+    compile for any other batch (its request made on first need). Not shared between threads."""
+
+    def __init__(self, runner: OpenVINORunner) -> None:
+        self.runner = runner
+        self.one = runner.compiled.create_infer_request()
+        self.any = None
+
+    def infer(self, feed: dict[str, np.ndarray], **kwargs: Any):
+        images = feed.get(IMAGES)
+        if self.runner._dynamic_model is None or images is None or images.shape[0] == 1:
+            return self.one.infer(feed, **kwargs)
+        if self.any is None:
+            self.any = self.runner.dynamic_model().create_infer_request()
+        return self.any.infer(feed, **kwargs)
+
+
+def _batch_one(model):
+    """A copy of ``model`` with the batch of its ``images`` input fixed at 1, or None when there is
+    nothing to fix (no such input, or its batch is static already)."""
+    port = next((p for p in model.inputs if IMAGES in p.get_names()), None)
+    if port is None or not port.get_partial_shape()[0].is_dynamic:
+        return None
+    shape = port.get_partial_shape()
+    shape[0] = 1
+    static = model.clone()
+    static.reshape({port.get_any_name(): shape})
+    return static
 
 
 def _output_name(port, declared: set[str]) -> str:

@@ -182,7 +182,8 @@ class ThreadInferPool(InferPool):
 
 class OpenVINOInferPool(ThreadInferPool):
     """``streams`` OpenVINO infer requests of the runner's compiled model (compiled with
-    ``NUM_STREAMS`` = streams), each driven by its own worker thread: ``InferRequest.infer``
+    ``NUM_STREAMS`` = streams; a :class:`~veca_deploy.runtimes.openvino_rt.Lane` each, so batch 1
+    runs on the batch-1 compile), each driven by its own worker thread: ``InferRequest.infer``
     releases the GIL, so the K requests run at once on the plugin's K streams.
 
     Not ``AsyncInferQueue``: its Python callbacks run in OpenVINO's stream threads, and tearing
@@ -193,7 +194,7 @@ class OpenVINOInferPool(ThreadInferPool):
     def __init__(self, runner: Runner, streams: int, lock: threading.Lock | None = None,
                  clock: Clock = time.perf_counter) -> None:
         runner.activate()
-        self._requests = [runner.compiled.create_infer_request() for _ in range(check_streams(streams))]
+        self._requests = [runner.new_lane() for _ in range(check_streams(streams))]
         self._local = threading.local()
         self._next = iter(range(len(self._requests)))
         self._pick = threading.Lock()
