@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
             sess, names = runner.session, runner.output_names()
             bare = lambda: sess.run(names, feed)  # noqa: E731
         else:
-            req = runner.request
+            req = runner.request.one  # the batch-1 InferRequest itself, not the runner's lane dispatch
             bare = lambda: req.infer(feed)  # noqa: E731
         around: list[float] = []  # per predict call: wall time minus the backend call inside it
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -80,6 +81,28 @@ def cli(args: list[str], log: bool = True) -> dict[str, Any]:
     r = cm.run_cli(argv)
     return {"argv": r["argv"], "rc": r["rc"], "seconds": r["wall_s"], "peak_rss_gb": r["peak_rss_gb"],
             "stderr_tail": r["stderr"].strip().splitlines()[-3:] if r["stderr"].strip() else [], "stdout": r["stdout"]}
+
+
+def provenance(bdir: Path) -> dict[str, Any]:
+    """What built the bundle: its manifest's sha256, the veca-deploy code it was exported with (the
+    git commit of this checkout, when it is one) and the INT8 recipes it holds."""
+    import hashlib
+
+    man = bdir / "manifest.json"
+    m = json.loads(man.read_text())
+    recipes = sorted({json.dumps({"format": x["format"], "scheme": (x.get("details") or {}).get("target", {}).get("scheme"),
+                                  "preset": (x.get("details") or {}).get("target", {}).get("preset"),
+                                  "variant": ((x.get("details") or {}).get("recipe") or {}).get("variant")},
+                                 sort_keys=True) for x in m["artifacts"] if x["precision"] == "int8"})
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain"],
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"manifest_sha256": hashlib.sha256(man.read_bytes()).hexdigest(), "code_commit": commit,
+            "code_uncommitted_changes": dirty, "int8_recipes": [json.loads(r) for r in recipes]}
 
 
 def checked(rec: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +224,7 @@ def main(argv=None) -> dict:
         bdir = Path(tempfile.mkdtemp(prefix="veca-selq-")) / "veca_tiny"
         rec = checked(cli((SMOKE_EXPORT if a.smoke else QUICKSTART_EXPORT) + ["--out", bdir]))
         commands.append({k: v for k, v in rec.items() if k != "stdout"})
-    result["bundle"] = {"path": str(bdir), "exported": not a.bundle}
+    result["bundle"] = {"path": str(bdir), "exported": not a.bundle, **provenance(bdir)}
 
     # 2. accuracies: what the bundle records, and eval when some candidate has none
     bundle, cands = cand_index(bdir)

@@ -126,6 +126,11 @@ def test_openvino_compiles_batch_one_and_still_serves_any_batch(bundle):
         assert r.describe()["static_batch"] == "1" and r.compiled.inputs[0].get_partial_shape()[0].get_length() == 1
         assert r.input_specs()[0].shape[0] is None  # callers may still send any batch
         one = [r.infer({"images": x[i:i + 1]})["patches"] for i in range(3)]
+        # the golden gates (bench, validate, export) check what serves: the batch-1 compile
+        from veca_deploy.compare.comparator import run_outputs
+
+        assert r.served_batch == 1
+        np.testing.assert_array_equal(run_outputs(r, x)["patches"], np.concatenate(one))
         assert r._dynamic_compiled is None  # nothing compiled for other batches yet
         three = r.infer({"images": x})["patches"]
         np.testing.assert_allclose(three, np.concatenate(one), atol=1e-5)

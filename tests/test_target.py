@@ -66,13 +66,15 @@ def test_explicit_scheme_wins_and_says_what_the_target_wanted():
 
 
 def test_nncf_preset_follows_the_target_and_an_explicit_one_wins():
-    """Symmetric INT8 activations (NNCF "performance") where the CPU multiplies signed INT8 natively
-    (VNNI, AMX); NNCF's mixed default elsewhere; --nncf-preset wins and says what the target wanted."""
+    """Symmetric INT8 activations (NNCF "performance") where the CPU multiplies signed x signed INT8
+    natively (AMX); NNCF's mixed default elsewhere (VNNI multiplies unsigned x signed); --nncf-preset
+    wins and says what the target wanted."""
     presets = {name: int8_choice(resolve_target(name))["openvino_preset"] for name in TARGETS}
-    assert presets == {"avx2": "mixed", "avx512": "mixed", "avx512-vnni": "performance", "amx": "performance",
+    assert presets == {"avx2": "mixed", "avx512": "mixed", "avx512-vnni": "mixed", "amx": "performance",
                        "arm-neon": "mixed", "arm-sve": "mixed", "tensorrt": "mixed"}
     amx = int8_choice(resolve_target("amx"))
     assert amx["openvino_chosen_by"] == "--target" and "brgemm_avx512_amx_i8" in amx["openvino_why"]
+    assert "vpdpbusd" in int8_choice(resolve_target("avx512-vnni"))["openvino_why"]
     c = int8_choice(resolve_target("amx"), None, "mixed")
     assert c["openvino_preset"] == "mixed" and c["openvino_chosen_by"] == "--nncf-preset"
     assert "would use performance" in c["openvino_why"] and "NNCF mixed [--nncf-preset]" in describe_choice(c)

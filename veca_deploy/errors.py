@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class VecaError(Exception):
     """Base class of every error veca-deploy raises on purpose."""
@@ -63,8 +65,15 @@ class OutputExistsError(VecaError):
     exit_code = 10
 
 
+#: lines that only say where a library raised (OpenVINO: "Exception from src/inference/src/cpp/core.cpp:117:")
+_WHERE = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (or its type name): what a one-line error quotes
-    from a library that raises many types with long messages."""
-    text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
+    """The first line of an exception's message that says what went wrong (or its type name): what a
+    one-line error quotes from a library that raises many types with long messages. OpenVINO puts
+    a chain of source locations first; those lines are skipped."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if not _WHERE.match(ln)] or lines or [type(e).__name__]
+    text = said[0] if len(said) < 2 or not said[0].endswith(":") else f"{said[0]} {said[1]}"  # "While ...:" + what
+    return text[:limit]

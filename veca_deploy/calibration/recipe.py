@@ -82,7 +82,7 @@ class NncfRecipe:
 
 
 #: NNCF quantization presets: ``mixed`` (symmetric weights, asymmetric activations: NNCF's default
-#: for transformers) and ``performance`` (symmetric both, what VNNI/AMX CPUs multiply natively;
+#: for transformers) and ``performance`` (symmetric both, what AMX multiplies natively;
 #: chosen per ``--target``, see calibration/target.py)
 NNCF_PRESETS: tuple[str, ...] = ("mixed", "performance")
 

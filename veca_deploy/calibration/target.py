@@ -6,7 +6,7 @@ fingerprint) or a device profile JSON as ``veca-deploy bench`` writes it (its ``
 says what the device has). :func:`int8_choice` turns it into the ONNX INT8 scheme that is fast
 there, with the reason (measurements in ``docs/quantization.md``, "INT8 scheme per target"), and
 the NNCF preset of the OpenVINO INT8 path (symmetric activations where the CPU multiplies signed
-INT8 natively: VNNI and AMX). An explicit ``--int8-scheme`` / ``--nncf-preset`` wins over the
+INT8 natively: AMX). An explicit ``--int8-scheme`` / ``--nncf-preset`` wins over the
 target and is recorded as such. Torch-free.
 """
 
@@ -134,15 +134,17 @@ NNCF_MEASURED = ("Intel Xeon with AMX, 2 cores, 2026-12-07: performance 49.6 ms 
 
 def nncf_preset_for(target: Target) -> tuple[str, str]:
     """(NNCF preset, why) for ``target``: ``performance`` (symmetric INT8 activations) where the CPU
-    multiplies signed INT8 natively (AVX-512 VNNI, AVX-VNNI, AMX-INT8), else NNCF's ``mixed``
-    (asymmetric activations, the shipped default)."""
-    if target.kind == "x86" and _x86_class(target.isa) in ("amx", "avx512-vnni"):
-        return "performance", (f"x86 {_x86_class(target.isa)}: symmetric INT8 activations run the CPU's signed INT8 "
-                               f"kernels without zero-point compensation; measured {NNCF_MEASURED}")
+    multiplies signed x signed INT8 natively (AMX-INT8's tile products), else NNCF's ``mixed``
+    (asymmetric activations). VNNI's ``vpdpbusd`` multiplies unsigned x signed, so signed
+    activations need a compensation there (they ran ~1.4x slower on a Zen 4, toolchain-facts):
+    ``mixed`` stays until it is measured otherwise."""
+    if target.kind == "x86" and _x86_class(target.isa) == "amx":
+        return "performance", ("x86 amx: AMX multiplies signed INT8 activations natively, with no zero-point "
+                               f"compensation; measured {NNCF_MEASURED}")
     if target.kind == "tensorrt":
         return "mixed", "NNCF's default (OpenVINO artifacts do not run on a TensorRT target)"
-    return "mixed", ("NNCF's default (asymmetric activations): symmetric ones are measured faster only on "
-                     "VNNI/AMX CPUs")
+    return "mixed", ("NNCF's default (asymmetric activations: unsigned x signed, what VNNI's vpdpbusd and AVX2's "
+                     "vpmaddubsw multiply); symmetric ones are measured faster only with AMX")
 
 
 def int8_choice(target: Target, explicit_scheme: str | None = None,

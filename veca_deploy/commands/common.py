@@ -111,7 +111,7 @@ def nncf_preset_option(f):
     from ..calibration.recipe import NNCF_PRESETS
 
     return click.option("--nncf-preset", type=click.Choice(list(NNCF_PRESETS)), default=None,
-                        help="OpenVINO INT8 (NNCF): performance = symmetric activations (fast on VNNI/AMX CPUs), "
+                        help="OpenVINO INT8 (NNCF): performance = symmetric activations (fast with AMX), "
                              "mixed = asymmetric activations. Default: what --target needs; given, it wins over "
                              "--target.")(f)
 
@@ -122,7 +122,7 @@ def target_option(f):
                         help="Device the INT8 artifacts are for: avx2, avx512, avx512-vnni, amx, arm-neon, arm-sve, "
                              "tensorrt (jetson), host (this machine), or a device profile JSON that bench wrote. "
                              "Picks the ONNX INT8 scheme (S8S8 for TensorRT and Arm, U8S8 on x86) and the NNCF "
-                             "preset of OpenVINO INT8 (performance on VNNI/AMX, else mixed).")(f)
+                             "preset of OpenVINO INT8 (performance with AMX, else mixed).")(f)
 
 
 def print_int8_choice(calibration: dict) -> None:

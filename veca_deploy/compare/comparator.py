@@ -218,13 +218,16 @@ def run_outputs(runner: Runner, x: np.ndarray, *, cores: int | None = None, batc
                 samples: dict[str, tuple[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """All outputs of ``runner`` on ``x`` (float32 NCHW), in batches: a fixed-batch graph gets
     exactly ``batch`` images per call (the last call padded), a dynamic one ``chunk`` (default
-    from the resolution), never more than ``max_batch``. ``cores`` feeds an elastic graph's
+    from the resolution), never more than ``max_batch``, and exactly the runner's
+    ``served_batch`` when it is compiled for one. ``cores`` feeds an elastic graph's
     ``core_select``; ``patch_rows`` keeps only those patch rows of each batch (bounded memory
     for high-resolution checks)."""
     fixed = batch if isinstance(batch, int) else None
     bs = fixed or chunk or default_batch(int(x.shape[2]), int(x.shape[3]))
     if fixed is None and max_batch:
         bs = min(bs, int(max_batch))
+    if fixed is None and runner.served_batch:  # check what serves: the runner's own compiled batch
+        bs = runner.served_batch
     outs: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(x), bs):
         xb = x[i:i + bs]

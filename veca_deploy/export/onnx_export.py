@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..convert.onnx_graph import update_metadata
 from ..errors import ExportError, first_line
+from ..model.veca import graph_form
 from ..runtimes.base import CORE_SELECT, IMAGES
 
 DEFAULT_OPSET = 17
@@ -90,7 +91,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int, width
     try:
         # no autograd while tracing: at 1024 px the recorded graph of the trace input alone
         # doubled the export's peak RSS (2.7 GB vs 1.1 GB for veca_small, C=16)
-        with torch.no_grad():
+        # graph_form: the form the backends fuse (docs/export.md); eager keeps the original one
+        with torch.no_grad(), graph_form(module):
             _export(module, args, path, in_names, outs, batch, elastic_tiers, opset, exporter)
     except ExportError:
         raise

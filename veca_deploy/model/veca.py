@@ -7,7 +7,9 @@ plus the patches, all-to-all), so speed comparisons differ only in who attends t
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 
 import torch
@@ -77,11 +79,11 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with 2-D RoPE; ``cores`` > 0 selects the core-periphery pattern.
 
-    Written for the graph it exports to (docs/performance.md, "graph form"): RoPE is applied in
-    token layout ``[B, T, D]`` with angle tables already tiled over the heads, and the core /
-    patch split slices tokens before the heads are split. Each attention is then
-    Reshape -> Transpose -> SDPA -> Transpose, which OpenVINO fuses into one kernel, instead of
-    RoPE and slices wedged between the head transposes and the attention.
+    Two forms of the same computation, told apart by the tables' layout (see :func:`graph_form`):
+    eager PyTorch gets ``cos``/``sin`` ``[B|1, 1, T, hd]`` and applies RoPE per head after the head
+    split; the exported graph gets ``[B|1, T, D]`` tables (tiled over the heads) and applies RoPE in
+    token layout, slicing cores / patches before the heads are split, so each attention is
+    Reshape -> Transpose -> SDPA with nothing between (what OpenVINO fuses).
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -98,18 +100,30 @@ class Attention(nn.Module):
     def _split(self, t: Tensor) -> Tensor:
         return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, H, T, hd]
 
-    def _rope(self, t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """RoPE on ``t`` [B, T, D]; ``cos``/``sin`` [B|1, T, D] (one head's angles repeated per head).
-        The pair rotation runs per head as one ``[B, T*H, hd] @ R`` (a reshape, not a transpose)."""
+    def _rope_tokens(self, t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """RoPE on ``t`` [B, T, D] with [B|1, T, D] tables. The pair rotation runs per head as one
+        ``[B, T*H, hd] @ R`` (a reshape, not a transpose)."""
         hd = self.rope_rot.shape[0]
         rot = rotate_half(t.reshape(t.shape[0], -1, hd), self.rope_rot).reshape(t.shape)
         return t * cos + rot * sin
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
-        q = self._rope(self.q_proj(x), cos, sin)
-        k = self._rope(self.k_proj(x), cos, sin)
+        if cos.dim() == 4:  # eager: RoPE per head, tables broadcast over the heads
+            q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
+            q = q * cos + rotate_half(q, self.rope_rot) * sin
+            k = k * cos + rotate_half(k, self.rope_rot) * sin
+            if cores is None:  # full attention (ViT baseline)
+                o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            else:
+                kc, vc = k[:, :, :cores], v[:, :, :cores]
+                o_core = F.scaled_dot_product_attention(q[:, :, :cores], k, v, scale=self.scale)
+                o_patch = F.scaled_dot_product_attention(q[:, :, cores:], kc, vc, scale=self.scale)
+                o = torch.cat([o_core, o_patch], dim=2)
+            return self.out_proj(o.transpose(1, 2).flatten(2))
+        q = self._rope_tokens(self.q_proj(x), cos, sin)  # the exported form: token layout
+        k = self._rope_tokens(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
-        if cores is None:  # full attention (ViT baseline)
+        if cores is None:
             o = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v), scale=self.scale)
         else:
             kc, vc = self._split(k[:, :cores]), self._split(v[:, :cores])
@@ -120,23 +134,16 @@ class Attention(nn.Module):
         return self.out_proj(o.transpose(1, 2).flatten(2))
 
 
-class PairLinear(nn.Linear):
-    """``Linear(D, 2*Hm)`` that returns its two halves (SwiGLU's u and v) as two products.
+class Block(nn.Module):
+    """Pre-norm transformer block with SwiGLU MLP; weights shared by cores and patches.
 
-    Same parameters as the checkpoint's ``fc1`` (``[2*Hm, D]`` weight) and the same dot products,
-    but the exported graph has two MatMuls instead of one followed by a split of the
-    ``[T, 2*Hm]`` activation, which OpenVINO runs as a reference (non-JIT) kernel
-    (docs/performance.md, "graph form").
+    ``split_fc1`` (set by :func:`graph_form` for export): ``fc1``, the checkpoint's single
+    ``Linear(D, 2*Hm)``, runs as its u and v halves, two products with the same dot products, so
+    the exported graph has no split of the ``[T, 2*Hm]`` activation (OpenVINO runs that split as a
+    reference kernel). Eager PyTorch keeps one product and a chunk, which is faster there.
     """
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        h = self.out_features // 2
-        w, b = self.weight, self.bias
-        return F.linear(x, w[:h], None if b is None else b[:h]), F.linear(x, w[h:], None if b is None else b[h:])
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with SwiGLU MLP; weights shared by cores and patches."""
+    split_fc1 = False
 
     def __init__(self, cfg: VecaConfig) -> None:
         super().__init__()
@@ -144,12 +151,17 @@ class Block(nn.Module):
         self.norm_attn = nn.LayerNorm(d)
         self.attn = Attention(d, cfg.num_heads)
         self.norm_ffn = nn.LayerNorm(d)
-        self.fc1 = PairLinear(d, 2 * hm)
+        self.fc1 = nn.Linear(d, 2 * hm)
         self.fc2 = nn.Linear(hm, d)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
         x = x + self.attn(self.norm_attn(x), cos, sin, cores)
-        u, v = self.fc1(self.norm_ffn(x))
+        h = self.norm_ffn(x)
+        if self.split_fc1:
+            hm, w, b = self.fc2.in_features, self.fc1.weight, self.fc1.bias
+            u, v = F.linear(h, w[:hm], b[:hm]), F.linear(h, w[hm:], b[hm:])
+        else:
+            u, v = self.fc1(h).chunk(2, dim=-1)
         return x + self.fc2(F.silu(u) * v)
 
 
@@ -208,9 +220,14 @@ class VECA(nn.Module):
         """The whole ordered bank: tokens [1, M, D] and raw coordinates [1, M, 2]."""
         return torch.cat(list(self.query_token_chunks), 1), torch.cat(list(self.qcoord_chunks), 1)
 
+    #: set by :func:`graph_form`: the form exported graphs take (token-layout RoPE tables)
+    export_form = False
+
     def _rope(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """cos/sin tables [B|1, T, D] of ``coords`` [B|1, T, 2]: one head's angles, repeated per head."""
-        ang = (coords @ self.rope_proj).repeat(1, 1, self.cfg.num_heads)
+        """cos/sin tables of ``coords`` [B|1, T, 2]: [B|1, 1, T, hd] (eager: broadcast over the
+        heads) or, in the export form, [B|1, T, D] (one head's angles repeated per head)."""
+        ang = coords @ self.rope_proj
+        ang = ang.repeat(1, 1, self.cfg.num_heads) if self.export_form else ang.unsqueeze(1)
         return ang.cos(), ang.sin()
 
     def forward_tokens(self, images: Tensor, cores: int | Tensor | None) -> tuple[Tensor, int | Tensor]:
@@ -234,16 +251,20 @@ class VECA(nn.Module):
             bank, raw_bank = self.core_bank()
             tokens, raw = bank[:, :cores], raw_bank[:, :cores]
             x = torch.cat([tokens.expand(b, -1, -1), patches], 1)
-            # the patches' tables depend on the input size only: constants of the exported graph;
-            # only the cores' rows (their coordinates move per image and layer) are computed per layer
-            pcos, psin = self._rope(pc)
+            # export form: the patches' tables depend on the input size only (constants of the
+            # graph); only the cores' rows (their coordinates move per image and layer) are computed
+            pcos, psin = self._rope(pc) if self.export_form else (None, None)
             for i, blk in enumerate(self.blocks):
                 if i > 0:
                     raw = raw + self.pos_alpha[i - 1] * self.pos_linears[i - 1](x[:, :cores])
-                ccos, csin = self._rope(torch.tanh(raw))
-                n = ccos.shape[0]
-                cos = torch.cat([ccos, pcos.expand(n, -1, -1)], 1)
-                sin = torch.cat([csin, psin.expand(n, -1, -1)], 1)
+                core_xy = torch.tanh(raw)
+                if self.export_form:
+                    ccos, csin = self._rope(core_xy)
+                    n = ccos.shape[0]
+                    cos = torch.cat([ccos, pcos.expand(n, -1, -1)], 1)
+                    sin = torch.cat([csin, psin.expand(n, -1, -1)], 1)
+                else:
+                    cos, sin = self._rope(torch.cat([core_xy, pc.expand(core_xy.shape[0], -1, -1)], 1))
                 x = blk(x, cos, sin, cores)
         x = self.final_norm(x)
         if self.output_proj is not None:
@@ -271,3 +292,25 @@ class VECA(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@contextlib.contextmanager
+def graph_form(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every VECA inside ``module`` computes in the form its exported graphs
+    take (docs/export.md, "Graph form"): RoPE tables of the patches as constants and RoPE in token
+    layout, fc1 as two products. The same numbers (golden vectors and parity gates hold), but
+    eager PyTorch runs the original form ~10 % faster (veca_small C=16 at 512 px: 264 vs 289 ms),
+    so the eager baseline of every benchmark keeps it and only the exporters switch."""
+    models = [m for m in module.modules() if isinstance(m, VECA)]
+    blocks = [b for m in models for b in m.blocks]
+    for m in models:
+        m.export_form = True
+    for b in blocks:
+        b.split_fc1 = True
+    try:
+        yield module
+    finally:
+        for m in models:
+            m.export_form = False
+        for b in blocks:
+            b.split_fc1 = False

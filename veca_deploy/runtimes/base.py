@@ -33,6 +33,9 @@ class Runner(abc.ABC):
     """Base runner. Subclasses implement ``_activate``, ``_infer``, ``_close`` and ``input_specs``."""
 
     backend: str = "base"
+    #: the batch size the runner is compiled for, when it is specialised to one (OpenVINO compiles
+    #: batch 1 of a dynamic-batch graph): checks run at it, so the gate sees the kernels that serve
+    served_batch: int | None = None
 
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
         self.path = Path(path)

@@ -83,18 +83,24 @@ class OpenVINORunner(Runner):
         if xml.endswith(".xml") and not os.path.isfile(bin_path):
             raise BundleError(f"{self.path.name}: missing weights file {os.path.basename(bin_path)}")
         tail = prec == "bf16" and bool(self.options.get("low_precision_tail", True))
+        self._core, self._device, self._cfg, self._tail = core, device, cfg, tail
+        static: str | None = None
         try:
-            model = core.read_model(xml)
-            if tail:
-                low_precision_tail(model)
-            served = _batch_one(model) if self.options.get("static_batch", True) else None
-            self.compiled = core.compile_model(served or model, device, cfg)
+            model = self._read()
+            if self.options.get("static_batch", True) and _dynamic_batch(model):
+                try:  # batch 1 fixed; a graph that cannot take it is served dynamic, and says why
+                    self.compiled = core.compile_model(_batch_one(model), device, cfg)
+                    static = "1"
+                except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types
+                    static = f"off: {first_line(e)}"
+            if static != "1":
+                self.compiled = core.compile_model(model, device, cfg)
         except Exception as e:
             msg = first_line(e)
             raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg})") from None
-        # the dynamic-batch model, compiled the first time another batch size comes (see Lane)
-        self._core, self._device, self._cfg = core, device, cfg
-        self._dynamic_model, self._dynamic_compiled = (model if served is not None else None), None
+        # the dynamic-batch model is read and compiled the first time another batch size comes (Lane)
+        self.served_batch = 1 if static == "1" else None
+        self._dynamic_compiled = None
         self._compile_lock = threading.Lock()
         self.request = Lane(self)
         self._inputs = []
@@ -110,8 +116,8 @@ class OpenVINORunner(Runner):
                          "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
         if tail:
             self.settings["low_precision_tail"] = "True"
-        if served is not None:
-            self.settings["static_batch"] = "1"
+        if static is not None:
+            self.settings["static_batch"] = static
 
     def input_specs(self) -> list[TensorSpec]:
         self.activate()
@@ -139,21 +145,32 @@ class OpenVINORunner(Runner):
         self.activate()
         return Lane(self)
 
+    def _read(self):
+        """The IR as the runner compiles it (the bf16 graph tail marked when asked)."""
+        model = self._core.read_model(os.fspath(self.path))
+        if self._tail:
+            low_precision_tail(model)
+        return model
+
     def dynamic_model(self):
-        """The compiled dynamic-batch model (compiled once, on the first batch other than 1)."""
+        """The compiled dynamic-batch model: read and compiled once, on the first batch other than
+        1 (seconds at high resolution: an application that sends several batch sizes pays it once)."""
         with self._compile_lock:
+            if self._core is None:
+                raise BundleError(f"{self.path.name}: the runner is closed")
             if self._dynamic_compiled is None:
                 try:
-                    self._dynamic_compiled = self._core.compile_model(self._dynamic_model, self._device, self._cfg)
+                    self._dynamic_compiled = self._core.compile_model(self._read(), self._device, self._cfg)
                 except Exception as e:
                     raise BundleError(f"{self.path.name}: OpenVINO cannot load it for batch > 1 "
                                       f"({first_line(e)})") from None
             return self._dynamic_compiled
 
     def _close(self) -> None:
-        self.request = None
-        self.compiled = None
-        self._dynamic_compiled = self._dynamic_model = self._core = None
+        with self._compile_lock:
+            self.request = None
+            self.compiled = None
+            self._dynamic_compiled = self._core = None
 
     def describe(self) -> dict[str, Any]:
         ov = _import_openvino()
@@ -173,19 +190,26 @@ class Lane:
 
     def infer(self, feed: dict[str, np.ndarray], **kwargs: Any):
         images = feed.get(IMAGES)
-        if self.runner._dynamic_model is None or images is None or images.shape[0] == 1:
+        if self.runner.served_batch is None or images is None or images.shape[0] == self.runner.served_batch:
             return self.one.infer(feed, **kwargs)
         if self.any is None:
             self.any = self.runner.dynamic_model().create_infer_request()
         return self.any.infer(feed, **kwargs)
 
 
+def _images_port(model):
+    return next((p for p in model.inputs if IMAGES in p.get_names()), None)
+
+
+def _dynamic_batch(model) -> bool:
+    """Whether ``model`` has an ``images`` input whose batch is left open."""
+    port = _images_port(model)
+    return port is not None and port.get_partial_shape()[0].is_dynamic
+
+
 def _batch_one(model):
-    """A copy of ``model`` with the batch of its ``images`` input fixed at 1, or None when there is
-    nothing to fix (no such input, or its batch is static already)."""
-    port = next((p for p in model.inputs if IMAGES in p.get_names()), None)
-    if port is None or not port.get_partial_shape()[0].is_dynamic:
-        return None
+    """A copy of ``model`` with the batch of its ``images`` input fixed at 1."""
+    port = _images_port(model)
     shape = port.get_partial_shape()
     shape[0] = 1
     static = model.clone()
