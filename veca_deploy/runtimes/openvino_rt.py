@@ -27,7 +27,7 @@ def _import_openvino():
 #: OpenVINO's CPU plugin keeps the "tail" of a graph in f32 under a bf16 precision hint: every op
 #: between the outputs and the last matrix product. In a transformer the residual adds chain the
 #: tail up through every layer, so the whole residual stream ran in f32 with an f32<->bf16 reorder
-#: around each add (~9 % of the bf16 path of veca_small at 512 px, docs/performance.md). This
+#: around each add (what that cost: docs/performance.md). This
 #: per-op runtime attribute (read by the plugin's Node constructor) opts an op into the hint.
 _LOW_PRECISION_TAIL = "enforceBF16evenForGraphTail"
 
@@ -55,8 +55,8 @@ class OpenVINORunner(Runner):
     latency-bound caller sends; other batch sizes get the dynamic model, compiled on first use).
 
     Why batch 1 static: the CPU plugin picks its kernels and fusions for the shapes it knows at
-    compile time; veca_small C=16 at 512 px ran 51.1 -> 40.0 ms (INT8, float ops in bf16) and
-    52.0 -> 46.3 ms (FP32 IR in bf16) with the batch fixed at 1 (docs/performance.md).
+    compile time (veca_small C=16 at 512 px, AMX: docs/performance.md). ``served_batch`` is 1 then,
+    so every check runs the compile that serves.
     """
 
     backend = "openvino"
