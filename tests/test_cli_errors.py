@@ -785,3 +785,17 @@ def test_no_network_and_no_writes_outside_the_bundle(tiny_bundle, tmp_path, monk
     after = snapshot(tmp_path)
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed and all(k == "b/profiles" or k.startswith("b/profiles/") for k in changed), sorted(changed)
+
+
+def test_first_line_quotes_what_went_wrong_not_where():
+    """OpenVINO leads its messages with source locations; the one-line error quotes the message."""
+    from veca_deploy.errors import first_line
+
+    ov = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\n"
+                      "Exception from src/inference/src/dev/plugin.cpp:54:\n"
+                      "Check 'element::Type::merge(a, b)' failed at src/core/src/op/concat.cpp:36:\n"
+                      "While validating node 'Concat /Concat_5':\n"
+                      "Argument element types are inconsistent.\n")
+    assert first_line(ov) == "While validating node 'Concat /Concat_5': Argument element types are inconsistent."
+    assert first_line(ValueError("plain\nsecond")) == "plain" and first_line(KeyError()) == "KeyError"
+    assert first_line(RuntimeError("Exception from a.cpp:1:")) == "Exception from a.cpp:1:"  # nothing else said

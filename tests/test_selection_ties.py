@@ -196,11 +196,35 @@ def test_int8_with_float_ops_in_bf16_is_gated_as_int8_and_tail_runs_in_bf16(copy
 
 
 @needs_bf16
+def test_bf16_runs_the_graph_tail_in_bf16(tiny_bundle):
+    """Under the bf16 hint OpenVINO keeps the graph's tail (here the residual stream up to the final
+    LayerNorm) in f32 unless the runner marks it: count what the compiled model really runs in f32."""
+    from veca_deploy.bundle.manifest import read_manifest
+    from veca_deploy.runtimes import create_runner
+
+    a = read_manifest(tiny_bundle).find("openvino", "fp32", 8, elastic=False)[0]
+
+    def f32_norms(**opts) -> int:
+        with create_runner("openvino", tiny_bundle / a.path, inference_precision="bf16", **opts) as r:
+            ops = r.compiled.get_runtime_model().get_ordered_ops()
+            return sum(1 for op in ops if op.get_rt_info()["layerType"].astype(str) == "MVN"
+                       and op.get_rt_info()["runtimePrecision"].astype(str) == "f32")
+
+    assert f32_norms(low_precision_tail=False) > 0 and f32_norms() == 0
+
+
 def test_bench_records_a_refused_variant_and_still_succeeds(copy, monkeypatch, capsys):
     """A variant this device cannot compile or that fails its gate here is an option of the runtime,
-    not a defect of the bundle: recorded, never selected, exit 0. A failing artifact is still exit 5."""
+    not a defect of the bundle: recorded, never selected, exit 0. A failing artifact is still exit 5.
+    The bf16 variant is offered on any CPU here (on one without bf16 it fails to compile or its gate
+    is failed below: refused either way)."""
+    import importlib
+
     from veca_deploy.cli import main
     from veca_deploy.selector import profile as prof
+
+    cands = importlib.import_module("veca_deploy.selector.candidates")  # the module (the package exports the function)
+    monkeypatch.setattr(cands, "supported_variants", lambda b, device="CPU": ("bf16",) if b == "openvino" else ())
 
     real = prof.golden_gate
 

@@ -10,6 +10,8 @@ projections and the head split. OpenVINO needs none of this: it fuses the export
 this one, and opset-23 ``Attention``) into its Snippets MHA subgraph.
 
 The rewrite is exact up to float rounding (same scale, same heads); callers compare outputs.
+Used by ``benchmarks/scaling.py`` to give the ViT baseline its fastest ONNX Runtime form; ``export``
+does not apply it (VECA's attention gains ~3 % from it at 512 px, docs/performance.md).
 """
 
 from __future__ import annotations

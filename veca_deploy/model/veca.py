@@ -108,28 +108,21 @@ class Attention(nn.Module):
         return t * cos + rot * sin
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cores: int | Tensor | None) -> Tensor:
-        if cos.dim() == 4:  # eager: RoPE per head, tables broadcast over the heads
+        if cos.dim() == 4:  # eager: heads split first, RoPE per head with tables broadcast over the heads
             q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
-            q = q * cos + rotate_half(q, self.rope_rot) * sin
-            k = k * cos + rotate_half(k, self.rope_rot) * sin
-            if cores is None:  # full attention (ViT baseline)
-                o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-            else:
-                kc, vc = k[:, :, :cores], v[:, :, :cores]
-                o_core = F.scaled_dot_product_attention(q[:, :, :cores], k, v, scale=self.scale)
-                o_patch = F.scaled_dot_product_attention(q[:, :, cores:], kc, vc, scale=self.scale)
-                o = torch.cat([o_core, o_patch], dim=2)
-            return self.out_proj(o.transpose(1, 2).flatten(2))
-        q = self._rope_tokens(self.q_proj(x), cos, sin)  # the exported form: token layout
-        k = self._rope_tokens(self.k_proj(x), cos, sin)
-        v = self.v_proj(x)
-        if cores is None:
-            o = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v), scale=self.scale)
-        else:
-            kc, vc = self._split(k[:, :cores]), self._split(v[:, :cores])
-            o_core = F.scaled_dot_product_attention(self._split(q[:, :cores]), self._split(k), self._split(v),
-                                                    scale=self.scale)
-            o_patch = F.scaled_dot_product_attention(self._split(q[:, cores:]), kc, vc, scale=self.scale)
+            q, k = (t * cos + rotate_half(t, self.rope_rot) * sin for t in (q, k))
+            heads, rows = (lambda t: t), (lambda t, r: t[:, :, r])
+        else:  # the exported form: RoPE and the core/patch slices in token layout, heads split last
+            q, k = (self._rope_tokens(proj(x), cos, sin) for proj in (self.q_proj, self.k_proj))
+            v = self.v_proj(x)
+            heads, rows = self._split, (lambda t, r: t[:, r])
+        if cores is None:  # full attention (ViT baseline)
+            o = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=self.scale)
+        else:  # cores attend to every token, patches to the cores only
+            core, patch = slice(None, cores), slice(cores, None)
+            o_core = F.scaled_dot_product_attention(heads(rows(q, core)), heads(k), heads(v), scale=self.scale)
+            o_patch = F.scaled_dot_product_attention(heads(rows(q, patch)), heads(rows(k, core)),
+                                                     heads(rows(v, core)), scale=self.scale)
             o = torch.cat([o_core, o_patch], dim=2)
         return self.out_proj(o.transpose(1, 2).flatten(2))
 
