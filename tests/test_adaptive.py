@@ -166,7 +166,7 @@ BUSY = "import os\nos.sched_setaffinity(0, set(os.sched_getaffinity(0)))\nwhile 
 def test_real_load_steps_down_and_returns(load_bundle):
     with veca_deploy.Runtime.open(load_bundle, budget_ms=1e6, backend="onnxruntime", count=40) as probe:
         top = probe.selection.ranked[0].latency_ms  # the top rung's profiled p95
-    budget = 2 * top
+    budget = 2.5 * top  # room for a shared host's noise without load; the load below costs ~4x
     img = np.zeros((112, 112, 3), np.uint8)
     with veca_deploy.Runtime.open(load_bundle, budget_ms=budget, backend="onnxruntime", adaptive=True,
                                   measure=False) as rt:
@@ -177,7 +177,7 @@ def test_real_load_steps_down_and_returns(load_bundle):
         cpus = sorted(os.sched_getaffinity(0))
         procs = []
         try:
-            for cpu in cpus[:2] * 2:  # two spinners per core: the runtime gets about a third of each
+            for cpu in cpus[:2] * 3:  # three spinners per core: the runtime gets about a quarter of each
                 procs.append(subprocess.Popen([sys.executable, "-c", BUSY.replace("set(os.sched_getaffinity(0))",
                                                                                   f"{{{cpu}}}")]))
             t0 = time.monotonic()

@@ -213,6 +213,38 @@ def test_bf16_runs_the_graph_tail_in_bf16(tiny_bundle):
     assert f32_norms(low_precision_tail=False) > 0 and f32_norms() == 0
 
 
+def test_tail_marks_are_typed_so_parallel_streams_can_read_them(tiny_bundle):
+    """OpenVINO converts a string mark on every read and caches the result inside the attribute,
+    unlocked: two CPU streams building their graphs in parallel raced on it and aborted the process.
+    The runner sets a bool (2024+); a bf16 runner with several streams compiles again and again."""
+    import subprocess
+    import sys
+
+    from veca_deploy.bundle.manifest import read_manifest
+    from veca_deploy.runtimes.openvino_rt import low_precision_tail, typed_marks
+
+    a = read_manifest(tiny_bundle).find("openvino", "fp32", 8, elastic=False)[0]
+    if not typed_marks():
+        pytest.skip("this OpenVINO has no Node.set_rt_info: the runner marks the tail with one stream only")
+    import openvino as ov
+
+    model = ov.Core().read_model(str(tiny_bundle / a.path))
+    assert low_precision_tail(model) > 0
+    marks = [op.get_rt_info()["enforceBF16evenForGraphTail"].value for op in model.get_ops()
+             if "enforceBF16evenForGraphTail" in op.get_rt_info()]
+    assert marks and all(m is True for m in marks)
+    if "bf16" not in supported_variants("openvino"):
+        return  # no bf16 here: the plugin never reads the marks
+    # the race itself, in a child process (it aborts): 6 of 6 runs of this loop died before the fix
+    code = (f"from veca_deploy.runtimes import create_runner\n"
+            f"from veca_deploy.runtimes.pool import create_pool\n"
+            f"for _ in range(8):\n"
+            f"    r = create_runner('openvino', {str(tiny_bundle / a.path)!r}, inference_precision='bf16', streams=2)\n"
+            f"    create_pool(r, 2).close(); r.close()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_bench_records_a_refused_variant_and_still_succeeds(copy, monkeypatch, capsys):
     """A variant this device cannot compile or that fails its gate here is an option of the runtime,
     not a defect of the bundle: recorded, never selected, exit 0. A failing artifact is still exit 5.

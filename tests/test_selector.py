@@ -339,3 +339,72 @@ def test_measured_profile_is_read_back_and_drives_selection(tmp_path, tiny_bundl
     fastest = min(lat for _, lat in p95.values())
     with pytest.raises(BudgetError, match=re.escape(f"takes {fastest:.3g} ms")):
         select(Bundle.open(root), fastest, backend="onnxruntime", tiers=[8, 32], measure=False)  # 10 % margin
+
+
+# ---------------------------------------------------------------------------- passes
+def _timing(samples: list[float], load: float | None = None, shapes=None) -> Timing:
+    from veca_deploy.runtimes.timing import _summary
+
+    return _summary(samples, sum(samples) / 1e3, load_ms=load, first_ms=None, warmup=0, batch=1, rss=None,
+                    shapes=shapes or {"y": [1, 4]})
+
+
+def test_merge_pools_the_passes_samples():
+    from veca_deploy.errors import BundleError
+    from veca_deploy.runtimes.timing import merge
+
+    a, b = _timing([1.0, 1.0, 1.2], load=50.0), _timing([2.0, 2.2, 2.4, 2.6])
+    m = merge([a, b])
+    every = [1.0, 1.0, 1.2, 2.0, 2.2, 2.4, 2.6]
+    assert m.count == 7 and m.passes == 2 and m.load_ms == 50.0 and m.samples_ms == every
+    assert m.percentiles_ms["50"] == pytest.approx(float(np.percentile(every, 50)))
+    assert m.percentiles_ms["95"] == pytest.approx(float(np.percentile(every, 95)))
+    assert m.throughput_ips == pytest.approx(7 / (sum(every) / 1e3), rel=1e-3)
+    assert merge([a]) is a
+    with pytest.raises(BundleError, match="shapes changed"):
+        merge([a, _timing([1.0], shapes={"y": [1, 5]})])
+
+
+def test_pass_plan():
+    from veca_deploy.selector.profile import pass_plan
+
+    assert pass_plan(4, 100, None) == (4, 25, None)
+    assert pass_plan(4, 6, None) == (1, 6, None)  # too few runs to split: one pass
+    assert pass_plan(4, 10, None) == (2, 5, None)
+    assert pass_plan(4, None, 2.0) == (4, None, 0.5)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UsageError):
+            pass_plan(bad, 100, None)
+
+
+def test_passes_cancel_a_drifting_host(tmp_path, tiny_bundle, monkeypatch):
+    """The host slows down while bench runs (seen: 20 % within the hour). Timed one after the other,
+    the truly faster candidate measured last looks slower; spread over passes in reversed order
+    (A B | B A | ...) both see the same drift and the ranking is the true one. The latencies are
+    scripted (a shared CPU is too noisy to assert on); runners, gates and the merge are real."""
+    from veca_deploy.selector import profile as prof_mod
+
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    b = Bundle.open(root)
+    slow, fast = [next(c for c in candidates(b, ["onnxruntime"], [k], ["fp32"]) if not c.artifact.elastic)
+                  for k in (16, 8)]
+    true = {slow.key: 1.1, fast.key: 1.0}
+    calls: list[str] = []
+
+    def drifting(runner, feed, *, count, duration_s, warmup, where):
+        factor = 1.0 + 0.2 * len(calls)  # the host gets slower with every measurement
+        calls.append(where)
+        return _timing([true[where] * factor] * count)
+
+    monkeypatch.setattr(prof_mod, "measure", drifting)
+    one = prof_mod.measure_candidates(b, [slow, fast], count=40, warmup=0, passes=1)
+    assert one.timing(slow).p50 < one.timing(fast).p50  # the wrong order
+    calls.clear()
+    four = prof_mod.measure_candidates(b, [slow, fast], count=40, warmup=0, passes=4)
+    assert calls == [slow.key, fast.key, fast.key, slow.key] * 2
+    assert four.timing(fast).p50 < four.timing(slow).p50  # the true order
+    for c in (slow, fast):
+        e = four.entries[c.key]
+        assert e["timing"]["count"] == 40 and e["timing"]["passes"] == 4 and e["gate"]["passed"]
+        assert e["timing"]["load_ms"] > 0  # the cold start of the first pass

@@ -94,6 +94,9 @@ def test_quantize_plan_takes_the_preset_from_the_target():
     assert given.nncf_recipe.preset == "performance" and given.target["openvino_chosen_by"] == "nncf_recipe"
     with pytest.raises(UsageError, match="unknown NNCF preset 'fast'"):
         plan(target="amx", nncf_preset="fast")
+    with pytest.raises(UsageError, match="contradicts NncfRecipe"):  # never silently one of the two
+        plan(target="amx", nncf_preset="mixed", nncf_recipe=NncfRecipe(preset="performance"))
+    assert plan(nncf_preset="mixed", nncf_recipe=NncfRecipe(preset="mixed")).nncf_recipe.preset == "mixed"
 
 
 def _profile(path: Path, fingerprint: dict) -> Path:

@@ -82,8 +82,8 @@ class QuantizePlan:
         are applied to the ONNX Runtime recipe). ``target`` (a name such as ``amx`` or
         ``tensorrt``, ``host``, or a device profile JSON) picks the ONNX INT8 scheme that is fast
         there, and the NNCF preset (``nncf_preset``: ``mixed`` or ``performance``; an explicit
-        one, like ``int8_scheme``, wins over the target; ``nncf_recipe`` wins over both). A bad
-        target is a UsageError before any work."""
+        one, like ``int8_scheme``, wins over the target; ``nncf_recipe`` wins over both, and an
+        ``nncf_preset`` that contradicts it is refused). A bad target is a UsageError before any work."""
         precs = tuple(dict.fromkeys(precisions))
         bad = [p for p in precs if p not in ("fp16", "int8")]
         if bad:
@@ -103,6 +103,9 @@ class QuantizePlan:
                 raise UsageError(f"--calib-resolution must be a side in px (>= 8), got {calib_resolution!r}")
         if nncf_preset is not None and nncf_preset not in NNCF_PRESETS:
             raise UsageError(f"unknown NNCF preset {nncf_preset!r}; choose from {', '.join(NNCF_PRESETS)}")
+        if nncf_preset is not None and nncf_recipe is not None and nncf_preset != nncf_recipe.preset:
+            raise UsageError(f"nncf_preset={nncf_preset!r} contradicts NncfRecipe(preset={nncf_recipe.preset!r}); "
+                             "give one of them")
         choice = None
         if target is not None and "int8" in precs:
             from .target import int8_choice, resolve_target

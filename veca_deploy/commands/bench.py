@@ -39,6 +39,9 @@ def _f(v: float | None, nd: int = 2) -> str:
 @click.option("--count", type=int, default=None, help="Timed runs per tier [default: 100].")
 @click.option("--duration", type=float, default=None, help="Seconds of timed runs per tier (instead of --count).")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs after the first one.")
+@click.option("--passes", type=int, default=4, show_default=True,
+              help="Spread each candidate's runs over this many passes over all candidates (order reversed "
+                   "each pass), so a host that slows down midway slows them all alike; 1 = one run each.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads per runner (default: runtime's choice).")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="Write a latency-vs-accuracy PNG here (outside the bundle).")
@@ -53,7 +56,7 @@ def _f(v: float | None, nd: int = 2) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the measured entries as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(bundle, backend, tiers, precisions, count, duration, warmup, threads, plot, out_file, input_size, as_json,
-            quiet, concurrency=None):
+            quiet, concurrency=None, passes=4):
     """Benchmark BUNDLE on this device and save DIR/profiles/<device>.json (the cache when
     BUNDLE is read-only, FILE with --out)."""
     from ..bundle.reader import Bundle
@@ -70,6 +73,8 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
         raise UsageError(f"--warmup must be >= 0, got {warmup}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
+    if passes < 1:
+        raise UsageError(f"--passes must be >= 1, got {passes}")
     b = Bundle.open(bundle)
     if plot and _inside(Path(plot), b.root):
         raise UsageError(f"--plot {plot} is inside the bundle; bench writes only profiles/ there")
@@ -100,7 +105,7 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     prof = load_profile(b)
     with progress_reporter(not quiet and not as_json) as rep:
         prof = measure_candidates(b, cands, count=count, duration_s=duration, warmup=warmup, threads=threads,
-                                  profile=prof, progress=rep)
+                                  profile=prof, progress=rep, passes=passes)
         if levels:
             prof = measure_concurrency(b, cands, levels, count=count, duration_s=duration, warmup=warmup,
                                        threads=threads, profile=prof, progress=rep)
@@ -201,7 +206,9 @@ def _table(prof, rows, path) -> None:
                   _f(pct["50"]), _f(pct["90"]), _f(pct["99"]), _f(tm["mean_ms"]), _f(tm["throughput_ips"], 0),
                   _f(tm.get("rss_mb"), 0), format_top1(c.accuracy, c.samples))
     out.print(t)
-    out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph, in bf16 = an execution variant; load = load + compile; 1st = first inference; RSS = process MiB after the run)")
+    passes = max((int((e.get("timing") or {}).get("passes") or 1) for _, e in rows if e), default=1)
+    spread = f"; runs spread over {passes} passes, order reversed each pass" if passes > 1 else ""
+    out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph, in bf16 = an execution variant; load = load + compile (first pass); 1st = first inference; RSS = process MiB after the run{spread})")
 
 
 def _plot(rows, path: Path, device: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,29 @@ def _import_openvino():
 _LOW_PRECISION_TAIL = "enforceBF16evenForGraphTail"
 
 
+def typed_marks() -> bool:
+    """Whether this OpenVINO sets a bool in an op's runtime info (``Node.set_rt_info``, 2024+).
+
+    Without it the mark is the string "YES", and the plugin converts it on every read:
+    ``ov::Any::as<bool>`` of a string writes a cache inside the Any, unlocked. Several CPU streams
+    build their graphs in parallel from one model, so that write raced and aborted the process
+    ("pure virtual method called", 2026.4 with two streams). A string mark is used with one stream only."""
+    ov = _import_openvino()
+    node = getattr(ov, "Node", None) or getattr(getattr(ov, "runtime", None), "Node", None)
+    return node is not None and hasattr(node, "set_rt_info")
+
+
 def low_precision_tail(model) -> int:
     """Mark every computing op of ``model`` to run in the bf16 hint, graph tail included; returns
     how many. The outputs stay f32 (the plugin converts at the Result)."""
+    typed = typed_marks()
     n = 0
     for op in model.get_ops():
         if op.get_type_name() not in ("Parameter", "Result", "Constant"):
-            # read as a bool by the plugin; "YES" is the spelling every release parses (2023.3 refuses "1"/"true")
-            op.get_rt_info()[_LOW_PRECISION_TAIL] = "YES"
+            if typed:  # a bool: read without conversion, safe for streams compiled in parallel
+                op.set_rt_info(True, _LOW_PRECISION_TAIL)
+            else:  # read as a bool by the plugin; "YES" is the spelling every release parses (2023.3 refuses "1"/"true")
+                op.get_rt_info()[_LOW_PRECISION_TAIL] = "YES"
             n += 1
     return n
 
@@ -83,6 +99,9 @@ class OpenVINORunner(Runner):
         if xml.endswith(".xml") and not os.path.isfile(bin_path):
             raise BundleError(f"{self.path.name}: missing weights file {os.path.basename(bin_path)}")
         tail = prec == "bf16" and bool(self.options.get("low_precision_tail", True))
+        tail_off = None
+        if tail and streams > 1 and not typed_marks():
+            tail, tail_off = False, "off: several streams need OpenVINO 2024 or newer (typed marks)"
         self._core, self._device, self._cfg, self._tail = core, device, cfg, tail
         static: str | None = None
         try:
@@ -102,6 +121,7 @@ class OpenVINORunner(Runner):
         self.served_batch = 1 if static == "1" else None
         self._dynamic_compiled = None
         self._compile_lock = threading.Lock()
+        self._lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
         self.request = Lane(self)
         self._inputs = []
         for p in model.inputs:  # what callers may send: the graph's own shapes, not the batch-1 compile
@@ -114,8 +134,8 @@ class OpenVINORunner(Runner):
                          for i, p in enumerate(self.compiled.outputs)]
         self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()},
                          "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
-        if tail:
-            self.settings["low_precision_tail"] = "True"
+        if tail or tail_off:
+            self.settings["low_precision_tail"] = "True" if tail else tail_off
         if static is not None:
             self.settings["static_batch"] = static
 
@@ -167,7 +187,13 @@ class OpenVINORunner(Runner):
             return self._dynamic_compiled
 
     def _close(self) -> None:
+        # every request goes here, in the closing thread, before its compiled model and the Core:
+        # left to the garbage collector they were freed from whichever thread ran it, at times
+        # during another runner's compile_model ("pure virtual method called", an abort)
         with self._compile_lock:
+            for lane in list(self._lanes):
+                lane.release()
+            self._lanes = weakref.WeakSet()
             self.request = None
             self.compiled = None
             self._dynamic_compiled = self._core = None
@@ -181,19 +207,35 @@ class OpenVINORunner(Runner):
 
 class Lane:
     """One caller's infer requests on a runner: the batch-1 compile for one image, the dynamic
-    compile for any other batch (its request made on first need). Not shared between threads."""
+    compile for any other batch (its request made on first need). Not shared between threads.
+
+    It holds its runner weakly (the runner holds its own lane: no reference cycle, so nothing is
+    left for the garbage collector to free at a random time) and the runner's close releases it."""
 
     def __init__(self, runner: OpenVINORunner) -> None:
-        self.runner = runner
+        self._runner = weakref.ref(runner)
+        self._name = runner.path.name
+        self._batch = runner.served_batch
         self.one = runner.compiled.create_infer_request()
         self.any = None
+        runner._lanes.add(self)
+
+    def release(self) -> None:
+        """Free the infer requests now (the runner's close calls it)."""
+        self.one = self.any = None
 
     def infer(self, feed: dict[str, np.ndarray], **kwargs: Any):
+        one = self.one
+        if one is None:
+            raise BundleError(f"{self._name}: the runner is closed")
         images = feed.get(IMAGES)
-        if self.runner.served_batch is None or images is None or images.shape[0] == self.runner.served_batch:
-            return self.one.infer(feed, **kwargs)
+        if self._batch is None or images is None or images.shape[0] == self._batch:
+            return one.infer(feed, **kwargs)
         if self.any is None:
-            self.any = self.runner.dynamic_model().create_infer_request()
+            runner = self._runner()
+            if runner is None:
+                raise BundleError(f"{self._name}: the runner is closed")
+            self.any = runner.dynamic_model().create_infer_request()
         return self.any.infer(feed, **kwargs)
 
 

@@ -50,6 +50,8 @@ class Timing:
     peak_rss_mb: float | None
     samples_ms: list[float] = field(default_factory=list)
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: how many separate passes the samples come from (:func:`merge`): 1 = one contiguous run
+    passes: int = 1
 
     def percentile(self, q: float) -> float:
         """Latency at percentile ``q`` (0-100), from the kept samples when there are any."""
@@ -186,15 +188,43 @@ def measure(runner: Runner, feed: dict[str, np.ndarray], *, count: int | None = 
         elif clock() >= deadline and len(samples) >= 5:
             break
     wall = clock() - loop_start
+    return _summary(samples, wall, load_ms=load_ms, first_ms=first_ms, warmup=warmup, batch=batch,
+                    rss=rss_mb(), shapes={k: list(v) for k, v in shapes.items()})
+
+
+def _summary(samples: list[float], wall: float, *, load_ms: float | None, first_ms: float | None, warmup: int,
+             batch: int, rss: float | None, shapes: dict[str, list[int]], passes: int = 1,
+             count: int | None = None) -> Timing:
+    count = len(samples) if count is None else count
     arr = np.asarray(samples, dtype=np.float64)
     pct = {str(q): float(np.percentile(arr, q)) for q in PERCENTILES}
     kept = samples if len(samples) <= MAX_SAMPLES else list(np.sort(arr)[np.linspace(0, len(arr) - 1, MAX_SAMPLES).astype(int)])
-    return Timing(load_ms=_r(load_ms), first_ms=_r(first_ms), count=len(samples), warmup=warmup, batch=batch,
+    return Timing(load_ms=_r(load_ms), first_ms=_r(first_ms), count=count, warmup=warmup, batch=batch,
                   mean_ms=_r(float(arr.mean())), min_ms=_r(float(arr.min())), max_ms=_r(float(arr.max())),
                   percentiles_ms={k: _r(v) for k, v in pct.items()},
-                  throughput_ips=round(batch * len(samples) / wall, 2) if wall > 0 else float("inf"),
-                  rss_mb=_r(rss_mb(), 1), peak_rss_mb=_r(peak_rss_mb(), 1),
-                  samples_ms=[_r(s, 4) for s in kept], output_shapes={k: list(v) for k, v in shapes.items()})
+                  throughput_ips=round(batch * count / wall, 2) if wall > 0 else float("inf"),
+                  rss_mb=_r(rss, 1), peak_rss_mb=_r(peak_rss_mb(), 1),
+                  samples_ms=[_r(s, 4) for s in kept], output_shapes=shapes, passes=passes)
+
+
+def merge(parts: list[Timing]) -> Timing:
+    """One timing from several passes over the same candidate (``bench`` spreads each candidate's
+    runs over the whole session: a host that slows down midway slows every candidate alike).
+    Cold start is the first pass's; percentiles come from all samples together."""
+    if not parts:
+        raise UsageError("no timings to merge")
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for t in parts[1:]:
+        if t.output_shapes != first.output_shapes or t.batch != first.batch:
+            raise BundleError(f"output shapes changed between passes ({first.output_shapes} -> {t.output_shapes})")
+    samples = [s for t in parts for s in t.samples_ms]
+    wall = sum(t.batch * t.count / t.throughput_ips for t in parts if t.throughput_ips and math.isfinite(t.throughput_ips))
+    rss = max((t.rss_mb for t in parts if t.rss_mb is not None), default=None)
+    return _summary(samples, wall, load_ms=first.load_ms, first_ms=first.first_ms, warmup=first.warmup,
+                    batch=first.batch, rss=rss, shapes=first.output_shapes, passes=sum(t.passes for t in parts),
+                    count=sum(t.count for t in parts))
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,

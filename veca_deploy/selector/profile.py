@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -34,11 +35,11 @@ from ..bundle.reader import Bundle
 from ..calibration.cache import cache_root
 from ..compare.comparator import compare, run_outputs
 from ..compare.golden import Golden
-from ..errors import BackendUnavailable, BundleError, VecaError
+from ..errors import BackendUnavailable, BundleError, UsageError, VecaError
 from ..formats import parity_options
 from ..runtimes import IMAGES, CORE_SELECT, core_select, create_runner
 from ..runtimes.fingerprint import device_fingerprint, device_id
-from ..runtimes.timing import Timing, measure
+from ..runtimes.timing import Timing, measure, merge
 from .candidates import Candidate
 
 PROFILE_DIR = "profiles"
@@ -228,10 +229,28 @@ def runner_options(backend: str, threads: int | None = None, extra: dict[str, An
     return opts
 
 
+#: ``bench`` times each candidate in this many passes over all of them, the order reversed each
+#: pass: A B | B A | A B | B A. An even count gives every candidate the same mean position in time,
+#: so a linear drift of the host's speed cancels exactly
+PASSES = 4
+#: a pass times at least this many runs (fewer runs in all: one pass)
+MIN_PASS_RUNS = 5
+
+
+def pass_plan(passes: int, count: int | None, duration_s: float | None) -> tuple[int, int | None, float | None]:
+    """(passes, runs per pass, seconds per pass) for ``count`` runs or ``duration_s`` seconds in all."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise UsageError(f"passes must be a positive integer, got {passes!r}")
+    if duration_s is not None:
+        return passes, None, duration_s / passes
+    n = max(1, min(passes, (count or 1) // MIN_PASS_RUNS))
+    return n, -(-(count or 1) // n), None
+
+
 def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int | None = 50,
                        duration_s: float | None = None, warmup: int = 5, threads: int | None = None,
                        profile: Profile | None = None, progress: Progress | None = None,
-                       runner_extra: dict[str, Any] | None = None) -> Profile:
+                       runner_extra: dict[str, Any] | None = None, passes: int = PASSES) -> Profile:
     """Measure each candidate with the shared harness and merge the results into ``profile``.
 
     One runner per artifact (an elastic artifact is loaded once and timed at each tier; its cold
@@ -239,8 +258,15 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
     that fails to load, computes numbers that fail its precision's gate against the bundle's golden
     outputs *on this device with these runner settings*, or fails the output sanity check is
     recorded with its error, so the selector never picks it and the bench table shows why.
+
+    The runs are spread over ``passes`` passes over all candidates, the order reversed each pass
+    (A B C, C B A, ...; within an elastic artifact's tiers too), each runner opened and closed in its pass, so one runner is in memory at
+    a time: a host whose speed drifts during the session (seen: 20 % within the hour on a shared
+    2-core VM) slows every candidate alike instead of whichever ran last, and the selector's
+    ranking holds. The gate runs in the first pass; the cold start is the first pass's.
     """
     cands = list(cands)
+    n_pass, per_count, per_s = pass_plan(passes, count, duration_s)
     dev_fp = device_fingerprint(threads)
     if profile is None:
         profile = Profile(device=device_id(dev_fp), fingerprint=dev_fp)
@@ -248,48 +274,76 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
     by_art: dict[tuple, list[Candidate]] = {}
     for c in cands:  # one runner per (artifact, execution variant)
         by_art.setdefault(c.runner_key, []).append(c)
+    groups = list(by_art.values())
     report = progress or (lambda *a, **k: None)
-    report("profiling", advance=0, total=len(cands))
+    report("profiling", advance=0, total=len(cands) * n_pass)
     pre = bundle.preprocess
     golden = Golden.of(bundle.root, bundle.manifest, pre)
-    for group in by_art.values():
-        art = group[0].artifact
-        backend = group[0].backend
-        runner = None
-        try:
+    parts: dict[str, list[Timing]] = {}
+    gates: dict[str, Any] = {}
+    described: dict[str, dict[str, Any]] = {}
+    done: set[str] = set()  # measured to the end, failed, or skipped: nothing more to time
+    for p in range(n_pass):
+        tag = f" (pass {p + 1}/{n_pass})" if n_pass > 1 else ""
+        for group in (groups if p % 2 == 0 else groups[::-1]):
+            todo = [c for c in (group if p % 2 == 0 else group[::-1]) if c.key not in done]
+            if not todo:
+                continue
+            art, backend = todo[0].artifact, todo[0].backend
+            runner = None
             try:
-                path = bundle.path_of(art)
-                runner = create_runner(backend, path, **runner_options(backend, threads,
-                                                                       {**(runner_extra or {}), **group[0].runner_extra}))
-            except BackendUnavailable:
-                for c in group:
-                    report(f"{c.key}: backend {backend} unavailable")
-                continue
-            except VecaError as e:
-                for c in group:
-                    profile.entries[c.key] = _entry(c, None, str(e), {}, threads)
-                    report(f"{c.key}: {e}")
-                continue
-            for c in group:
-                report(f"{c.key}")
-                old = profile.entries.get(c.key)
                 try:
-                    gate = golden_gate(runner, golden, c)
-                    if gate is not None and not gate["passed"]:
-                        raise BundleError(f"{art.id} C={c.cores}: wrong numbers vs the golden outputs here: "
-                                          + "; ".join(gate["failures"][:2]))
-                    t = measure(runner, example_feed(c), count=count, duration_s=duration_s, warmup=warmup,
-                                where=c.key)
-                    profile.entries[c.key] = _entry(c, t, None, _describe(runner), threads)
-                    profile.entries[c.key]["gate"] = gate
-                    from .workload import carry_concurrency  # its N-in-flight timings stay valid
-
-                    carry_concurrency(profile.entries[c.key], old)
+                    runner = create_runner(backend, bundle.path_of(art), **runner_options(
+                        backend, threads, {**(runner_extra or {}), **todo[0].runner_extra}))
+                    t0 = time.perf_counter()
+                    runner.activate()  # timed here: the gate below runs before measure() would see a cold runner
+                    load_ms = (time.perf_counter() - t0) * 1e3
+                except BackendUnavailable:
+                    for c in todo:
+                        report(f"{c.key}: backend {backend} unavailable")
+                        done.add(c.key)
+                    continue
                 except VecaError as e:
-                    profile.entries[c.key] = _entry(c, None, " ".join(str(e).split()), _describe(runner), threads)
-        finally:
-            if runner is not None:
-                runner.close()
+                    for c in todo:
+                        profile.entries[c.key] = _entry(c, None, str(e), {}, threads)
+                        report(f"{c.key}: {e}")
+                        done.add(c.key)
+                    continue
+                for c in todo:
+                    report(f"{c.key}{tag}")
+                    try:
+                        if p == 0:
+                            gate = gates[c.key] = golden_gate(runner, golden, c)
+                            if gate is not None and not gate["passed"]:
+                                raise BundleError(f"{art.id} C={c.cores}: wrong numbers vs the golden outputs here: "
+                                                  + "; ".join(gate["failures"][:2]))
+                        t = measure(runner, example_feed(c), count=per_count, duration_s=per_s, warmup=warmup,
+                                    where=c.key)
+                        if load_ms is not None:  # the group's first candidate carries its cold start
+                            t.load_ms, load_ms = round(load_ms, 3), None
+                        parts.setdefault(c.key, []).append(t)
+                        described[c.key] = _describe(runner)
+                    except VecaError as e:
+                        profile.entries[c.key] = _entry(c, None, " ".join(str(e).split()), _describe(runner), threads)
+                        parts.pop(c.key, None)
+                        done.add(c.key)
+            finally:
+                if runner is not None:
+                    runner.close()
+    from .workload import carry_concurrency  # its N-in-flight timings stay valid
+
+    for c in cands:
+        if c.key not in parts:
+            continue
+        try:
+            t = merge(parts[c.key])
+        except VecaError as e:
+            profile.entries[c.key] = _entry(c, None, f"{c.key}: {' '.join(str(e).split())}", described[c.key], threads)
+            continue
+        old = profile.entries.get(c.key)
+        profile.entries[c.key] = _entry(c, t, None, described[c.key], threads)
+        profile.entries[c.key]["gate"] = gates.get(c.key)
+        carry_concurrency(profile.entries[c.key], old)
     return profile
 
 

@@ -245,7 +245,8 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
                 budget_s = time_limit_s / len(missing)
             profile = measure_candidates(bundle, missing, count=None if budget_s else count,
                                          duration_s=budget_s, warmup=min(warmup, 2) if budget_s else warmup,
-                                         threads=threads, profile=profile, progress=progress)
+                                         threads=threads, profile=profile, progress=progress,
+                                         passes=1)  # at load time: one compile per candidate (bench spreads them)
             profiled = True
             try:
                 save_profile(bundle, profile)

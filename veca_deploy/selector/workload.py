@@ -291,7 +291,7 @@ def select_workload(bundle: Bundle, streams: int, fps: float, budget_ms: float |
                           "run veca-deploy bench --concurrency first")
     if missing:
         profile = measure_candidates(bundle, missing, count=count, warmup=warmup, threads=threads, profile=profile,
-                                     progress=progress)
+                                     progress=progress, passes=1)  # at load time: one compile per candidate
         profiled = True
     assert profile is not None
     todo: dict[tuple[int, ...], list[Candidate]] = {}
