@@ -247,6 +247,11 @@ def main(argv=None) -> dict:
     # 3. the profile
     rec = checked(cli(["bench", bdir, "--count", a.count, "--quiet"] + thr))
     commands.append({k: v for k, v in rec.items() if k != "stdout"})
+    from veca_deploy.selector.profile import load_profile
+
+    prof = load_profile(bundle)  # bench's passes (its default), as the profile records them
+    result["bench_passes"] = max((int((e.get("timing") or {}).get("passes") or 1) for e in prof.entries.values()),
+                            default=1) if prof is not None else None
 
     # 4. select per budget
     budgets: list[tuple[str, float]] = []
@@ -309,7 +314,7 @@ def markdown(r: dict[str, Any]) -> str:
            f"accuracies from the manifest ({'after `veca-deploy eval`' if ev['ran'] else 'no eval needed'}; "
            f"samples {ev['samples']}, per-image records for {ev['per_image_records']} of {ev['candidates']} "
            f"candidates). `veca-deploy select --budget-ms B --json` (p{r['percentile']:g} from `bench --count "
-           f"{r['bench_count']}`, margin {r['margin']:g}), then every fitting candidate re-timed here: medians of {r['retime']['rounds']} "
+           f"{r['bench_count']}`, runs spread over {r.get('bench_passes') or 1} passes; margin {r['margin']:g}), then every fitting candidate re-timed here: medians of {r['retime']['rounds']} "
            f"interleaved rounds x {r['retime']['iters']} calls. Tie set: the selector's own `tied_with` against "
            f"the most accurate fitting candidate. Target: chosen / fastest in tie set <= {r['target_ratio']:g}.\n\n")]
     hdr = ["budget ms", "fitting", "chosen", "chosen ms", "tie set", "fastest in tie set", "its ms", "ratio",
