@@ -21,6 +21,7 @@ from veca_deploy.errors import BudgetError, UsageError
 from veca_deploy.runtimes.fingerprint import device_fingerprint, device_id
 from veca_deploy.runtimes.timing import PERCENTILES, Timing
 from veca_deploy.selector import AdaptiveController, Profile, candidates, profile_path, save_profile, select
+from veca_deploy.selector.profile import runner_revision
 from veca_deploy.selector.candidates import Candidate, resolve_backends
 from veca_deploy.selector.select import Measured, rank
 
@@ -47,6 +48,7 @@ def write_profile(root: Path, latency=synthetic_latency, tails: dict[int, float]
     for c in candidates(b, ["onnxruntime", "openvino"]):
         lat = latency(c)
         prof.entries[c.key] = {"artifact": c.artifact.id, "sha256": c.artifact.sha256, "error": None,
+                               "runner_revision": runner_revision(c.backend),
                                "timing": timing(lat, (tails or {}).get(c.cores))}
     return save_profile(b, prof)
 
@@ -408,3 +410,30 @@ def test_passes_cancel_a_drifting_host(tmp_path, tiny_bundle, monkeypatch):
         e = four.entries[c.key]
         assert e["timing"]["count"] == 40 and e["timing"]["passes"] == 4 and e["gate"]["passed"]
         assert e["timing"]["load_ms"] > 0  # the cold start of the first pass
+
+
+def test_entries_from_an_older_runner_are_measured_again(tmp_path, tiny_bundle):
+    """A release that changes what a runner executes (OpenVINO 2: batch 1 compiled static, the bf16
+    graph tail) raises its revision; entries timed before are neither trusted nor held as errors."""
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    path = write_profile(root)
+    d = json.loads(path.read_text())
+    for e in d["entries"].values():
+        e.pop("runner_revision")  # what every profile written before revisions holds
+    path.write_text(json.dumps(d))
+    b = Bundle.open(root)
+    prof = veca_deploy.selector.load_profile(b)
+    ov = [c for c in candidates(b, ["openvino"])]
+    ort = [c for c in candidates(b, ["onnxruntime"])]
+    assert runner_revision("openvino") > 1 and runner_revision("onnxruntime") == 1
+    assert all(prof.timing(c) is None for c in ov) and all(prof.timing(c) is not None for c in ort)
+    prof.entries[ov[0].key]["error"] = "refused by the old runner"
+    assert prof.error(ov[0]) is None  # an old refusal is tried again too
+    with pytest.raises(BudgetError, match=rf"{len(ov)} timed by an older veca-deploy runner"):
+        select(b, 10, backend="openvino", measure=False)
+    assert select(b, 10, backend="onnxruntime", measure=False).chosen.cand.backend == "onnxruntime"
+    # measured again, the entry carries today's revision and counts
+    fresh = veca_deploy.selector.profile.measure_candidates(b, ov[:1], count=3, warmup=0, profile=prof)
+    assert fresh.entries[ov[0].key]["runner_revision"] == runner_revision("openvino")
+    assert fresh.timing(ov[0]) is not None

@@ -25,6 +25,7 @@ from veca_deploy.errors import BackendUnavailable, BudgetError, InputError, Usag
 from veca_deploy.runtimes import CORE_SELECT, IMAGES, core_select, create_runner
 from veca_deploy.runtimes.pool import check_streams, create_pool, measure_pool, stream_threads
 from veca_deploy.selector import Profile, candidates, load_profile, profile_path, save_profile, select
+from veca_deploy.selector.profile import runner_revision
 from veca_deploy.selector.workload import (WorkloadError, concurrency_timings, default_levels, parse_levels,
                                            select_workload)
 
@@ -286,6 +287,7 @@ def write_concurrency_profile(root: Path, levels=(1, 2, 4)) -> Path:
             ips, lat = synthetic_concurrency(c, k)
             conc[str(k)] = {**timing(lat), "throughput_ips": ips, "streams": k}
         prof.entries[c.key] = {"artifact": c.artifact.id, "sha256": c.artifact.sha256, "backend": c.backend,
+                               "runner_revision": runner_revision(c.backend),
                                "execution": c.variant, "error": None, "timing": timing(synthetic_latency(c)),
                                "concurrency": conc}
     return save_profile(b, prof)

@@ -31,6 +31,11 @@ class Backend:
     execution_variants: tuple[str, ...] = ()
     #: whether one runner may be called from several threads at once
     thread_safe: bool = False
+    #: what the runner executes for a given artifact and settings; raised when a release changes
+    #: that (compile shapes, execution precision of some ops), so profile entries timed by an
+    #: older runner are measured again instead of trusted (``selector.profile.Profile.timing``).
+    #: OpenVINO 2: batch 1 compiled static, the bf16 graph tail (2026-12-07)
+    runner_revision: int = 1
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             devices=("CPU", "CUDA", "TensorRT"), thread_safe=True),
     Backend("openvino", "openvino_rt", "OpenVINORunner", "openvino", "veca-deploy[openvino]",
             devices=("CPU", "GPU", "NPU"), parity_options={"inference_precision": "f32"},
-            execution_variants=("f32", "bf16", "f16")),
+            execution_variants=("f32", "bf16", "f16"), runner_revision=2),
     # thread-safe: its infer takes one of its lanes (``streams`` of them, one by default)
     Backend("tensorrt", "trt", "TensorRTRunner", "tensorrt", "veca-deploy[tensorrt]", devices=("GPU",),
             thread_safe=True),

@@ -36,7 +36,7 @@ from ..calibration.cache import cache_root
 from ..compare.comparator import compare, run_outputs
 from ..compare.golden import Golden
 from ..errors import BackendUnavailable, BundleError, UsageError, VecaError
-from ..formats import parity_options
+from ..formats import BACKENDS, parity_options
 from ..runtimes import IMAGES, CORE_SELECT, core_select, create_runner
 from ..runtimes.fingerprint import device_fingerprint, device_id
 from ..runtimes.timing import Timing, measure, merge
@@ -59,10 +59,11 @@ class Profile:
     preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def timing(self, cand: Candidate, threads: int | None = None) -> Timing | None:
-        """The valid measurement of ``cand``: same artifact bytes, same requested thread count
-        (a 1-thread number says nothing about a 4-thread run), finished without error."""
+        """The valid measurement of ``cand``: same artifact bytes, timed by this release's runner
+        (``formats.Backend.runner_revision``), same requested thread count (a 1-thread number
+        says nothing about a 4-thread run), finished without error."""
         e = self.entries.get(cand.key)
-        if not e or e.get("error") or e.get("sha256") != cand.artifact.sha256 or not e.get("timing"):
+        if not e or e.get("error") or not _current(e, cand) or not e.get("timing"):
             return None
         if e.get("threads") != (int(threads) if threads else None):
             return None
@@ -73,12 +74,31 @@ class Profile:
 
     def error(self, cand: Candidate) -> str | None:
         e = self.entries.get(cand.key)
-        return e.get("error") if e and e.get("sha256") == cand.artifact.sha256 else None
+        return e.get("error") if e and _current(e, cand) else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": PROFILE_SCHEMA, "device": self.device, "created": self.created, "updated": self.updated,
                 "fingerprint": self.fingerprint, "entries": self.entries,
                 **({"preprocess": self.preprocess} if self.preprocess else {})}
+
+
+def runner_revision(backend: str) -> int:
+    b = BACKENDS.get(backend)
+    return b.runner_revision if b is not None else 1
+
+
+def _current(e: dict[str, Any], cand: Candidate) -> bool:
+    """Whether entry ``e`` is about ``cand`` as it runs now: the same artifact bytes, and the runner
+    revision of today's backend (an entry without one is revision 1, what every runner was before)."""
+    return e.get("sha256") == cand.artifact.sha256 and e.get("runner_revision", 1) == runner_revision(cand.backend)
+
+
+def stale_count(profile: Profile | None, cands: Iterable[Candidate]) -> int:
+    """How many of ``cands`` have an entry for their bytes that an older runner revision wrote."""
+    if profile is None:
+        return 0
+    return sum(1 for c in cands if (e := profile.entries.get(c.key)) and e.get("sha256") == c.artifact.sha256
+               and e.get("runner_revision", 1) != runner_revision(c.backend))
 
 
 def profile_path(root: str | os.PathLike, device: str | None = None) -> Path:
@@ -372,7 +392,8 @@ def _describe(runner) -> dict[str, Any]:
 def _entry(c: Candidate, t: Timing | None, error: str | None, runner: dict[str, Any],
            threads: int | None) -> dict[str, Any]:
     a = c.artifact
-    return {"artifact": a.id, "sha256": a.sha256, "format": a.format, "backend": c.backend, "precision": a.precision,
+    return {"artifact": a.id, "sha256": a.sha256, "format": a.format, "backend": c.backend,
+            "runner_revision": runner_revision(c.backend), "precision": a.precision,
             "cores": c.cores, "height": a.height, "width": a.width, "elastic": a.elastic,
             "execution": c.variant, "execution_precision": c.precision,
             "threads": int(threads) if threads else None,

@@ -236,8 +236,12 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
                                                             and profile.error(c) is None)]
         if missing:
             if not measure:
-                raise BudgetError(f"no latency profile for this device covering {len(missing)} candidate(s); "
-                                  "run veca-deploy bench first")
+                from .profile import stale_count
+
+                old = stale_count(profile, missing)
+                raise BudgetError(f"no latency profile for this device covering {len(missing)} candidate(s)"
+                                  + (f" ({old} timed by an older veca-deploy runner)" if old else "")
+                                  + "; run veca-deploy bench first")
             budget_s = None
             if time_limit_s is not None:
                 if not (isinstance(time_limit_s, (int, float)) and math.isfinite(time_limit_s) and time_limit_s > 0):

@@ -105,9 +105,11 @@ def concurrency_timings(profile: Profile | None, cand: Candidate, threads: int |
 
 def carry_concurrency(new: dict[str, Any], old: dict[str, Any] | None) -> None:
     """Keep an entry's concurrency measurements when its artifact is re-timed at batch 1 with the
-    same bytes and thread count (they are still valid: their own settings are recorded in them)."""
+    same bytes, thread count and runner revision (they are still valid: their own settings are
+    recorded in them)."""
     if isinstance(old, dict) and isinstance(old.get(CONCURRENCY_KEY), dict) and not new.get("error") \
-            and old.get("sha256") == new.get("sha256") and old.get("threads") == new.get("threads"):
+            and old.get("sha256") == new.get("sha256") and old.get("threads") == new.get("threads") \
+            and old.get("runner_revision", 1) == new.get("runner_revision", 1):
         new[CONCURRENCY_KEY] = old[CONCURRENCY_KEY]
 
 
