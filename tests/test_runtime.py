@@ -240,6 +240,7 @@ def test_bench_writes_profile_only_and_plot(bundle, tmp_path, capsys):
 @pytest.mark.parametrize("args,code", [
     (["--backend", "nope"], 2), (["--count", "0"], 2), (["--count", "3", "--duration", "1"], 2),
     (["--precision", "fp64"], 2), (["--tiers", "7"], 2), (["--plot", "INSIDE"], 2), (["--backend", "tensorrt"], 7),
+    (["--passes", "0"], 2),
 ])
 def test_bench_usage_errors(bundle, args, code, capsys):
     args = [str(bundle / "x.png") if a == "INSIDE" else a for a in args]
