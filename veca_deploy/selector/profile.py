@@ -43,6 +43,8 @@ from ..runtimes.timing import Timing, measure, merge
 from .candidates import Candidate
 
 PROFILE_DIR = "profiles"
+#: the entry key under which ``bench --concurrency`` stores N-in-flight timings (selector/workload.py)
+CONCURRENCY_KEY = "concurrency"
 PROFILE_SCHEMA = 1
 Progress = Callable[..., None]
 
@@ -350,8 +352,6 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
             finally:
                 if runner is not None:
                     runner.close()
-    from .workload import carry_concurrency  # its N-in-flight timings stay valid
-
     for c in cands:
         if c.key not in parts:
             continue
@@ -363,8 +363,18 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
         old = profile.entries.get(c.key)
         profile.entries[c.key] = _entry(c, t, None, described[c.key], threads)
         profile.entries[c.key]["gate"] = gates.get(c.key)
-        carry_concurrency(profile.entries[c.key], old)
+        carry_concurrency(profile.entries[c.key], old)  # its N-in-flight timings stay valid
     return profile
+
+
+def carry_concurrency(new: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """Keep an entry's concurrency measurements when its artifact is re-timed at batch 1 with the
+    same bytes, thread count and runner revision (they are still valid: their own settings are
+    recorded in them)."""
+    if isinstance(old, dict) and isinstance(old.get(CONCURRENCY_KEY), dict) and not new.get("error") \
+            and old.get("sha256") == new.get("sha256") and old.get("threads") == new.get("threads") \
+            and old.get("runner_revision", 1) == new.get("runner_revision", 1):
+        new[CONCURRENCY_KEY] = old[CONCURRENCY_KEY]
 
 
 def golden_gate(runner, golden: Golden | None, c: Candidate) -> dict[str, Any] | None:

@@ -31,11 +31,10 @@ from ..runtimes import create_runner
 from ..runtimes.pool import ASYNC_BACKENDS, create_pool, measure_pool, stream_options, usable_cores
 from ..runtimes.timing import Timing
 from .candidates import Candidate, candidates, resolve_backends
-from .profile import (Profile, _describe, _now, example_feed, load_profile, measure_candidates, runner_options,
-                      save_profile)
+from .profile import (CONCURRENCY_KEY, Profile, _describe, _now, carry_concurrency, example_feed, load_profile,
+                      measure_candidates, runner_options, save_profile)
 from .select import Measured, Selection, _profiled, check_budget, decide, rank
 
-CONCURRENCY_KEY = "concurrency"
 Progress = Callable[..., None]
 
 
@@ -101,16 +100,6 @@ def concurrency_timings(profile: Profile | None, cand: Candidate, threads: int |
         if t.count and t.throughput_ips and math.isfinite(t.throughput_ips):
             out[level] = t
     return dict(sorted(out.items()))
-
-
-def carry_concurrency(new: dict[str, Any], old: dict[str, Any] | None) -> None:
-    """Keep an entry's concurrency measurements when its artifact is re-timed at batch 1 with the
-    same bytes, thread count and runner revision (they are still valid: their own settings are
-    recorded in them)."""
-    if isinstance(old, dict) and isinstance(old.get(CONCURRENCY_KEY), dict) and not new.get("error") \
-            and old.get("sha256") == new.get("sha256") and old.get("threads") == new.get("threads") \
-            and old.get("runner_revision", 1) == new.get("runner_revision", 1):
-        new[CONCURRENCY_KEY] = old[CONCURRENCY_KEY]
 
 
 def measure_concurrency(bundle: Bundle, cands: Iterable[Candidate], levels: Iterable[int], *,
