@@ -247,11 +247,10 @@ def main(argv=None) -> dict:
     # 3. the profile
     rec = checked(cli(["bench", bdir, "--count", a.count, "--quiet"] + thr))
     commands.append({k: v for k, v in rec.items() if k != "stdout"})
-    from veca_deploy.selector.profile import load_profile
+    from veca_deploy.selector.profile import load_profile, passes_of
 
     prof = load_profile(bundle)  # bench's passes (its default), as the profile records them
-    result["bench_passes"] = max((int((e.get("timing") or {}).get("passes") or 1) for e in prof.entries.values()),
-                            default=1) if prof is not None else None
+    result["bench_passes"] = passes_of(prof.entries.values()) if prof is not None else None
 
     # 4. select per budget
     budgets: list[tuple[str, float]] = []

@@ -206,7 +206,9 @@ def _table(prof, rows, path) -> None:
                   _f(pct["50"]), _f(pct["90"]), _f(pct["99"]), _f(tm["mean_ms"]), _f(tm["throughput_ips"], 0),
                   _f(tm.get("rss_mb"), 0), format_top1(c.accuracy, c.samples))
     out.print(t)
-    passes = max((int((e.get("timing") or {}).get("passes") or 1) for _, e in rows if e), default=1)
+    from ..selector.profile import passes_of
+
+    passes = passes_of(e for _, e in rows)
     spread = f"; runs spread over {passes} passes, order reversed each pass" if passes > 1 else ""
     out.print(f"profile: {path}\n(ms at batch 1; ort/ov/trt = onnxruntime/openvino/tensorrt, -el = elastic graph, in bf16 = an execution variant; load = load + compile (first pass); 1st = first inference; RSS = process MiB after the run{spread})")
 

@@ -89,18 +89,31 @@ def runner_revision(backend: str) -> int:
     return b.runner_revision if b is not None else 1
 
 
+def _same_bytes(e: dict[str, Any], cand: Candidate) -> bool:
+    return e.get("sha256") == cand.artifact.sha256
+
+
+def _same_runner(e: dict[str, Any], cand: Candidate) -> bool:
+    """Timed by today's runner revision of ``cand``'s backend (an entry without one is revision 1,
+    what every runner was before revisions)."""
+    return e.get("runner_revision", 1) == runner_revision(cand.backend)
+
+
 def _current(e: dict[str, Any], cand: Candidate) -> bool:
-    """Whether entry ``e`` is about ``cand`` as it runs now: the same artifact bytes, and the runner
-    revision of today's backend (an entry without one is revision 1, what every runner was before)."""
-    return e.get("sha256") == cand.artifact.sha256 and e.get("runner_revision", 1) == runner_revision(cand.backend)
+    """Whether entry ``e`` is about ``cand`` as it runs now: the same artifact bytes, today's runner."""
+    return _same_bytes(e, cand) and _same_runner(e, cand)
 
 
 def stale_count(profile: Profile | None, cands: Iterable[Candidate]) -> int:
     """How many of ``cands`` have an entry for their bytes that an older runner revision wrote."""
     if profile is None:
         return 0
-    return sum(1 for c in cands if (e := profile.entries.get(c.key)) and e.get("sha256") == c.artifact.sha256
-               and e.get("runner_revision", 1) != runner_revision(c.backend))
+    return sum(1 for c in cands if (e := profile.entries.get(c.key)) and _same_bytes(e, c) and not _same_runner(e, c))
+
+
+def passes_of(entries: Iterable[dict[str, Any] | None]) -> int:
+    """The most passes any of ``entries`` was timed in (1 for entries timed before passes)."""
+    return max((int((e.get("timing") or {}).get("passes") or 1) for e in entries if e), default=1)
 
 
 def profile_path(root: str | os.PathLike, device: str | None = None) -> Path:
@@ -344,7 +357,8 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
                         if load_ms is not None:  # the group's first candidate carries its cold start
                             t.load_ms, load_ms = round(load_ms, 3), None
                         parts.setdefault(c.key, []).append(t)
-                        described[c.key] = _describe(runner)
+                        if c.key not in described:  # the same settings every pass
+                            described[c.key] = _describe(runner)
                     except VecaError as e:
                         profile.entries[c.key] = _entry(c, None, " ".join(str(e).split()), _describe(runner), threads)
                         parts.pop(c.key, None)
