@@ -161,7 +161,10 @@ def test_deploy_speedup_smoke(tmp_path, tiny_bundle):
     from veca_deploy.model.flops import forward_flops
     from veca_deploy.model.registry import model_config
 
-    _load("deploy_speedup").main(["--smoke", "--int8-tiers", "", "--bundle", str(tiny_bundle), "--out", str(tmp_path)])
+    # --product-goal 1000: no path fits eager / 1000, so the product path takes its fallback (select
+    # again at the fastest gated candidate's p50) and Runtime.open must serve that same decision
+    _load("deploy_speedup").main(["--smoke", "--int8-tiers", "", "--bundle", str(tiny_bundle), "--out", str(tmp_path),
+                                  "--product-goal", "1000"])
     d = _outputs(tmp_path, "deploy_speedup")
     assert d["int8_tiers"] == [] and d["reference_bundle"]["path"] == str(tiny_bundle)
     b = Bundle.open(tiny_bundle)
@@ -211,6 +214,7 @@ def test_deploy_speedup_smoke(tmp_path, tiny_bundle):
     chosen = p["decision"]["chosen"]
     assert p["served"].startswith(f"C={chosen['cores']} ") and f"({chosen['artifact']})" in p["served"]
     assert chosen["latency_ms"] <= p["budget_ms"] and p["decision"]["percentile"] == 50
+    assert p["budget_note"].startswith("no path fit eager / 1000") and p["met"] is False
     assert {q["key"] for q in p["profile"]} >= {f"{chosen['artifact']}@c8"}
     _ratio(p["speedup_vs_torch"], p["ms"]["torch_fp32"], p["ms"]["selected"])
     asked = (min(q["p50_ms"] for q in p["profile"] if q["p50_ms"]) * 1.001 if p.get("budget_note")

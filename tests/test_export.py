@@ -252,3 +252,33 @@ def test_dynamo_exporter_keeps_a_dynamic_batch(tmp_path):
     three = s.run(None, {name: x})[0]
     one = s.run(None, {name: x[1:2]})[0]
     assert three.shape[0] == 3 and np.allclose(three[1:2], one, atol=1e-4)
+
+
+def test_openvino_ir_lowers_swish_to_the_tanh_form(tmp_path, tiny_bundle):
+    """SiLU (``x * Sigmoid(x)``, which OpenVINO fuses into Swish) reaches the IR as
+    ``h * (1 + tanh h)``, h = x / 2: the same function (checked against numpy over a wide range,
+    tails included), no Swish left for the CPU plugin to fuse into a product's epilogue; off on
+    request. The bundle's own IRs are lowered too."""
+    import openvino as ov
+    from onnx import TensorProto, helper
+
+    from veca_deploy.convert.openvino_ir import export_openvino
+
+    g = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])],
+                          "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])])
+    src = tmp_path / "silu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    x = np.linspace(-30, 30, 256, dtype=np.float32).reshape(4, 64)
+    want = x / (1 + np.exp(-x.astype(np.float64)))
+    core = ov.Core()
+    for lowered in (True, False):
+        xml = tmp_path / f"{lowered}.xml"
+        export_openvino(src, xml, swish_as_tanh=lowered)
+        m = core.read_model(str(xml))
+        kinds = [op.get_type_name() for op in m.get_ops()]
+        assert ("Swish" in kinds) != lowered and ("Tanh" in kinds) == lowered
+        got = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    bundled = core.read_model(str(tiny_bundle / "openvino/fp32/c8_28x28.xml"))
+    assert "Swish" not in {op.get_type_name() for op in bundled.get_ops()}

@@ -72,6 +72,88 @@ def test_int8_runs_in_openvino_itself(quantized):
     assert out["global"].shape[0] == 2 and np.isfinite(out["global"]).all()
 
 
+def _fed_by_fake_quantize(op) -> bool:
+    """Whether ``op``'s first input comes from a FakeQuantize (through reshapes and converts)."""
+    src = op.input_value(0).get_node()
+    while src.get_type_name() in ("Reshape", "Convert"):
+        src = src.input_value(0).get_node()
+    return src.get_type_name() == "FakeQuantize"
+
+
+def test_rope_rotations_and_patch_embedding_stay_float_in_openvino_int8(quantized, tmp_path, cache_dir):
+    """NNCF leaves RoPE's pair rotation (a product with a signed permutation, exact in float) and
+    the patch embedding (reads the image) in float, weights and input, while the projections are
+    quantized; the recipe records it, and switched off they are quantized like any product."""
+    import openvino as ov
+
+    from veca_deploy.calibration.data import CalibrationSet
+    from veca_deploy.calibration.keep_float import openvino_float_ops, signed_permutation
+    from veca_deploy.calibration.openvino_quant import quantize_openvino_int8
+    from veca_deploy.calibration.recipe import NncfRecipe
+    from veca_deploy.model import create_model
+    from veca_deploy.model.veca import rotation_matrix
+
+    assert signed_permutation(rotation_matrix(8).numpy())
+    assert not signed_permutation(np.eye(3) * 2) and not signed_permutation(np.ones((2, 2)))
+    assert not signed_permutation(np.eye(2, 3)) and not signed_permutation(np.zeros((2, 2)))
+    core = ov.Core()
+    src = quantized / "openvino/fp32/c8_28x28.xml"
+    fp32 = core.read_model(str(src))
+    rot, first = openvino_float_ops(fp32, input_layer=False), openvino_float_ops(fp32, rotations=False)
+    assert len(rot) == 2 * create_model("veca_tiny").cfg.num_layers  # q and k in every layer
+    q = core.read_model(str(quantized / "openvino/int8/c8_28x28.xml"))
+    assert sorted(openvino_float_ops(q, input_layer=False)) == sorted(rot)  # their constant left as it was
+    ops = {op.get_friendly_name(): op for op in q.get_ops()}
+    assert not any(_fed_by_fake_quantize(ops[n]) for n in rot)
+    assert any(_fed_by_fake_quantize(op) for op in q.get_ops() if op.get_type_name() == "MatMul")
+    # the patch embedding reads the image: in float too (the largest INT8 error when quantized)
+    assert first and all(ops[n].get_type_name() == "Convolution" and not _fed_by_fake_quantize(ops[n]) for n in first)
+    assert all(ops[n].input_value(1).get_node().get_type_name() == "Constant" for n in first)  # float weights
+    recipes = read_manifest(quantized).calibration["recipes"]
+    for r in ("openvino_int8", "onnx_int8"):
+        assert recipes[r]["float_rotations"] is True and recipes[r]["float_input_layer"] is True
+    # switched off: quantized like the projections
+    cal = CalibrationSet(images=np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32))
+    dst = tmp_path / "rot.xml"
+    quantize_openvino_int8(src, dst, cal, NncfRecipe(float_rotations=False, float_input_layer=False),
+                           cache_dir=cache_dir)
+    q = core.read_model(str(dst))
+    assert openvino_float_ops(q, input_layer=False) == []
+    ops = {op.get_friendly_name(): op for op in q.get_ops()}
+    assert all(_fed_by_fake_quantize(ops[n]) for n in rot + first)
+
+
+def test_rope_rotations_and_patch_embedding_stay_float_in_onnx_int8(quantized, tmp_path, cache_dir):
+    """The same two kinds of product stay float in ONNX Runtime's QDQ graphs (both schemes): no
+    DequantizeLinear feeds them, while the projections are fed by one."""
+    import onnx
+
+    from veca_deploy.calibration.data import CalibrationSet
+    from veca_deploy.calibration.keep_float import onnx_float_nodes
+    from veca_deploy.calibration.onnx_quant import quantize_onnx_int8
+    from veca_deploy.calibration.recipe import ort_recipe
+    from veca_deploy.model import create_model
+
+    def dequantized_inputs(path: Path) -> dict[str, bool]:
+        g = onnx.load(str(path)).graph
+        made_by = {o: n.op_type for n in g.node for o in n.output}
+        return {n.name: any(made_by.get(i) == "DequantizeLinear" for i in n.input) for n in g.node}
+
+    fp32 = onnx.load(str(quantized / "onnx/c8_28x28.onnx"))
+    rot, first = onnx_float_nodes(fp32, input_layer=False), onnx_float_nodes(fp32, rotations=False)
+    assert len(rot) == 2 * create_model("veca_tiny").cfg.num_layers and len(first) == 1
+    shipped = dequantized_inputs(quantized / "onnx/c8_28x28.int8.onnx")  # the default S8S8 recipe
+    assert not any(shipped[n] for n in rot + first) and sum(shipped.values()) > len(rot)
+    cal = CalibrationSet(images=np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32))
+    for scheme in ("u8s8", "s8s8"):
+        dst = tmp_path / f"{scheme}.onnx"
+        quantize_onnx_int8(quantized / "onnx/c8_28x28.onnx", dst, cal,
+                           ort_recipe(scheme=scheme, float_rotations=False, float_input_layer=False),
+                           cache_dir=cache_dir)
+        off = dequantized_inputs(dst)
+        assert all(off[n] for n in rot + first), scheme  # switched off: quantized like any product
+
+
 def _cli(capsys, *args: str) -> tuple[int, str]:
     """Run the CLI in-process (a subprocess would pay the import time again)."""
     from veca_deploy.cli import main
@@ -120,8 +202,11 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 def test_failed_parity_gate_leaves_bundle_untouched(quantized, tmp_path):
     """A real parity failure, no stub: INT8 scales calibrated on 16 black images (allowed with
-    allow_small, as --allow-small-calib does) break the golden photos' features."""
+    allow_small, as --allow-small-calib does) break the golden photos' features once the image
+    itself is quantized (``float_input_layer=False``; the default keeps the patch embedding in
+    float, and the LayerNorms after it then give black images sane ranges)."""
     import veca_deploy
+    from veca_deploy.calibration.recipe import OrtRecipe
 
     np.save(tmp_path / "const.npy", np.zeros((16, 28, 28), np.uint8))
     before_manifest = (quantized / "manifest.json").read_bytes()
@@ -130,7 +215,7 @@ def test_failed_parity_gate_leaves_bundle_untouched(quantized, tmp_path):
     with pytest.raises(QuantizationError, match=r"parity gate failed, nothing added: onnx/c24_28x28\.int8\.onnx "
                                                 r"\(c=24\) \w+: cosine"):
         veca_deploy.quantize(quantized, precisions=["int8"], calib=str(tmp_path / "const.npy"), allow_small=True,
-                             tiers=[24], formats=["onnx"])
+                             tiers=[24], formats=["onnx"], recipe=OrtRecipe(float_input_layer=False))
     assert (quantized / "manifest.json").read_bytes() == before_manifest
     assert _snapshot(quantized) == before  # the onnx/ folder and everything else, byte for byte
     assert not list(quantized.parent.glob(".b.partial-*"))

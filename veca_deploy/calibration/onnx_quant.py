@@ -43,6 +43,7 @@ from ..errors import first_line, QuantizationError
 from ..runtimes.base import CORE_SELECT, IMAGES, core_select
 from . import cache
 from .data import CalibrationSet
+from .keep_float import onnx_float_nodes
 from .recipe import Fp16Recipe, OrtRecipe
 
 #: Calibration batch; ORT computes ranges after every ``STRIDE_BATCHES`` batches
@@ -167,6 +168,8 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
              "QuantizeBias": not recipe.symmetric, "CalibPercentile": recipe.percentile,
              "CalibStridedMinMax": STRIDE_BATCHES}
     extras = [{CORE_SELECT: core_select(t)} for t in tiers] if tiers else None
+    floats = onnx_float_nodes(onnx.load(str(src), load_external_data=False), recipe.float_rotations,
+                              recipe.float_input_layer)
     reader = cal.reader(batch_size=batch, extra=extras, input_name=IMAGES,  # preprocesses batch by batch
                         progress=progress)
     pre_note = "quant_pre_process"
@@ -191,7 +194,7 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
                                 op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
                                 activation_type=QuantType.QInt8 if recipe.symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, reduce_range=recipe.reduce_range,
-                                nodes_to_exclude=list(recipe.nodes_to_exclude),
+                                nodes_to_exclude=list(recipe.nodes_to_exclude) + floats,
                                 calibrate_method=method, extra_options=extra, **cache_kw)
         except QuantizationError:
             raise

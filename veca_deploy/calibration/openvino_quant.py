@@ -18,6 +18,7 @@ from ..bundle.io import sha256_file
 from ..errors import first_line, QuantizationError
 from . import cache
 from .data import CalibrationSet
+from .keep_float import openvino_float_ops
 from .recipe import NncfRecipe
 
 
@@ -52,9 +53,11 @@ def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, re
             adv = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1,
                                                                                                 convolution=-1))
         kwargs: dict[str, Any] = {}
-        if recipe.ignored_types:
+        floats = openvino_float_ops(model, recipe.float_rotations, recipe.float_input_layer)
+        if recipe.ignored_types or floats:
             # validate=False: a graph without one of these op types (a task model with no attention) is fine
-            kwargs["ignored_scope"] = nncf.IgnoredScope(types=list(recipe.ignored_types), validate=False)
+            kwargs["ignored_scope"] = nncf.IgnoredScope(types=list(recipe.ignored_types), names=floats,
+                                                        validate=False)
         try:
             qmodel = nncf.quantize(model, data, subset_size=cal.count,
                                    model_type=nncf.ModelType.TRANSFORMER if recipe.model_type == "transformer" else None,

@@ -24,7 +24,9 @@ DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv")
 @dataclass(frozen=True)
 class OrtRecipe:
     """ONNX Runtime static QDQ quantization. ``symmetric=True`` is the S8S8 variant TensorRT's
-    strongly typed builds need (signed INT8, zero point 0, float biases); False is U8S8."""
+    strongly typed builds need (signed INT8, zero point 0, float biases); False is U8S8.
+    ``float_rotations`` / ``float_input_layer``: RoPE's pair rotation and the patch embedding
+    stay in float (added to ``nodes_to_exclude`` when quantizing; ``calibration/keep_float.py``)."""
 
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     method: str = "minmax"
@@ -33,6 +35,8 @@ class OrtRecipe:
     percentile: float = 99.999
     reduce_range: bool = False
     nodes_to_exclude: tuple[str, ...] = ()
+    float_rotations: bool = True
+    float_input_layer: bool = True
     backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
@@ -65,6 +69,9 @@ class NncfRecipe:
     cosine -0.23 and 0.98 against FP32, every input), and they barely matter for speed: VECA's
     attention is 2NC + C^2 query-key pairs (veca_small C=16 at 512 px, INT8 with bf16 floats:
     46.1 vs 44.8 ms). docs/quantization.md, "NNCF preset per target".
+
+    ``float_rotations`` / ``float_input_layer``: RoPE's pair rotation and the patch embedding stay
+    in float, as in :class:`OrtRecipe` (``calibration/keep_float.py`` says why, with the numbers).
     """
 
     model_type: str = "transformer"
@@ -72,6 +79,8 @@ class NncfRecipe:
     preset: str = "mixed"
     fast_bias_correction: bool = True
     ignored_types: tuple[str, ...] = ("ScaledDotProductAttention",)
+    float_rotations: bool = True
+    float_input_layer: bool = True
     backend: str = "openvino"
     extra: dict[str, Any] = field(default_factory=dict)
 
