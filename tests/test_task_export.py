@@ -49,10 +49,13 @@ USER = textwrap.dedent('''
         return MySeg().eval()
 
     def build_trained():
-        """The user's head on the shipped trained veca_tiny backbone (random weights quantize poorly)."""
+        """The user's head on the shipped trained veca_tiny backbone (random weights quantize poorly),
+        with a prior on class 0 so its masks have few near-ties."""
         torch.manual_seed(0)
         m = MySeg()
         m.backbone = create_model("veca_tiny", pretrained=True)
+        with torch.no_grad():
+            m.seg.bias += torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
         return m.eval()
 
     def no_cores():
@@ -163,9 +166,10 @@ def test_user_model_quantizes_with_a_task_metric(user_file, tmp_path, capsys):
     with veca_deploy.Runtime.open(b, tiers=[16], precisions=["fp32"], backend="onnxruntime") as rt:
         masks = np.concatenate([rt.predict(images[i:i + 1])["mask"] for i in range(len(images))])
     np.savez(tmp_path / "mine.npz", images=images, masks=masks.astype(np.int64), num_classes=5)
-    # S8S8 (8-bit weights) on any host: this random 1x1 head puts many upsampled pixels on class
-    # boundaries, and U8S8's 7-bit weights flip enough of them to sit right at the 0.97 mask-agreement
-    # gate (0.976 and 0.969 with two graph forms of the same model); S8S8 keeps 0.976-0.979
+    # S8S8 (8-bit weights) on any host. A random 1x1 head without the class prior puts so many
+    # upsampled pixels on near-ties that INT8 mask agreement scattered around the 0.97 gate with the
+    # calibration seed and the recipe (0.958-0.979, 2026-12-07); with the prior, 0.976-0.990 over
+    # seeds 0-3 (the gate itself is tested in test_quantize.py)
     rc = cli_main(["quantize", str(b), "--calib", "fashion-mnist", "--calib-size", "64", "--allow-small-calib",
                    "--format", "onnx", "--int8-scheme", "s8s8", "--eval-data", str(tmp_path / "mine.npz"),
                    "--metric", "miou", "--allow-drop", "100", "-q"])

@@ -24,6 +24,8 @@ from ..runtimes.base import IMAGES
 
 #: ops that only reshape, reorder or convert: looked through when following an input upstream
 _PASS_THROUGH = ("Convert", "Reshape", "Transpose", "Cast")
+#: bumped when what is kept in float changes, so cached INT8 graphs of the old rule are rebuilt
+REVISION = 1
 
 
 def signed_permutation(a: np.ndarray) -> bool:
@@ -34,23 +36,27 @@ def signed_permutation(a: np.ndarray) -> bool:
     return bool((nz.sum(0) == 1).all() and (nz.sum(1) == 1).all())
 
 
+def _ov_source(op: Any, port: int) -> Any:
+    """The node that really feeds ``op``'s input ``port``, through reshapes and converts."""
+    src = op.input_value(port).get_node()
+    while src.get_type_name() in _PASS_THROUGH:
+        src = src.input_value(0).get_node()
+    return src
+
+
 def openvino_float_ops(model: Any, rotations: bool = True, input_layer: bool = True) -> list[str]:
     """Friendly names of the ops of an OpenVINO model to leave in float (NNCF ``IgnoredScope``)."""
     names = []
     for op in model.get_ops():
         kind = op.get_type_name()
         if rotations and kind == "MatMul":
-            w = op.input_value(1).get_node()
-            while w.get_type_name() == "Convert":  # an f16-compressed constant reads through a Convert
-                w = w.input_value(0).get_node()
+            w = _ov_source(op, 1)  # an f16-compressed constant reads through a Convert
             if w.get_type_name() == "Constant" and signed_permutation(np.asarray(w.get_data())):
                 names.append(op.get_friendly_name())
                 continue
         if input_layer and kind in ("Convolution", "MatMul"):
-            src = op.input_value(0).get_node()
-            while src.get_type_name() in _PASS_THROUGH:
-                src = src.input_value(0).get_node()
-            if src.get_type_name() == "Parameter":
+            src = _ov_source(op, 0)
+            if src.get_type_name() == "Parameter" and IMAGES in src.output(0).get_names():
                 names.append(op.get_friendly_name())
     return names
 
@@ -59,12 +65,15 @@ def onnx_float_nodes(model: Any, rotations: bool = True, input_layer: bool = Tru
     """Names of the nodes of an ONNX model to leave in float (ORT ``nodes_to_exclude``)."""
     from onnx import numpy_helper
 
-    consts = {i.name: i for i in model.graph.initializer if i.data_location != i.EXTERNAL}  # rotations are small
+    # an initializer stored outside the file is not read (bundles keep their weights inline)
+    consts = {i.name: i for i in model.graph.initializer if i.data_location != i.EXTERNAL}
     consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node
                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     producer = {o: n for n in model.graph.node for o in n.output}
     names = []
     for n in model.graph.node:
+        if not n.name:  # ORT matches names: an empty one would exclude every unnamed node
+            continue
         if rotations and n.op_type == "MatMul" and n.input[1] in consts and signed_permutation(
                 numpy_helper.to_array(consts[n.input[1]])):
             names.append(n.name)

@@ -168,8 +168,6 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
              "QuantizeBias": not recipe.symmetric, "CalibPercentile": recipe.percentile,
              "CalibStridedMinMax": STRIDE_BATCHES}
     extras = [{CORE_SELECT: core_select(t)} for t in tiers] if tiers else None
-    floats = onnx_float_nodes(onnx.load(str(src), load_external_data=False), recipe.float_rotations,
-                              recipe.float_input_layer)
     reader = cal.reader(batch_size=batch, extra=extras, input_name=IMAGES,  # preprocesses batch by batch
                         progress=progress)
     pre_note = "quant_pre_process"
@@ -189,6 +187,9 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
             except Exception as e:  # symbolic shape inference can fail on exotic graphs: skip it
                 pre_note = f"quant_pre_process without symbolic shapes ({type(e).__name__})"
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            # found in the graph ORT quantizes: its pre-processing may fuse and rename nodes
+            floats = onnx_float_nodes(onnx.load(str(pre), load_external_data=False), recipe.float_rotations,
+                                      recipe.float_input_layer)
             with calibration_session_order() as reordered:
                 quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
@@ -211,7 +212,7 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
     state = "ranges given" if given else ("hit" if hit else "miss") if cacheable else \
         f"unsupported by onnxruntime {ort_version}"
     return {"calibration_cache": state, "cache_key": key, "seconds": round(time.perf_counter() - t0, 2),
-            "preprocess": pre_note, "quantize_linear_nodes": q,
+            "preprocess": pre_note, "quantize_linear_nodes": q, "kept_float": len(floats),
             "calibration_order": "priority-based" if reordered else "onnxruntime default"}
 
 

@@ -18,7 +18,7 @@ from ..bundle.io import sha256_file
 from ..errors import first_line, QuantizationError
 from . import cache
 from .data import CalibrationSet
-from .keep_float import openvino_float_ops
+from .keep_float import REVISION as KEEP_FLOAT_REVISION, openvino_float_ops
 from .recipe import NncfRecipe
 
 
@@ -35,7 +35,8 @@ def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, re
     t0 = time.perf_counter()
     src_bin = src_xml.with_suffix(".bin")
     key = cache.entry_key(cal.digest, sha256_file(src_xml) + sha256_file(src_bin), "static",
-                          {**recipe.to_dict(), "nncf": nncf.__version__, "openvino": ov.get_version()})
+                          {**recipe.to_dict(), "nncf": nncf.__version__, "openvino": ov.get_version(),
+                           "keep_float": KEEP_FLOAT_REVISION})
     entry = cache.entry_dir("openvino", key, cache_dir)
     hit = (entry / "model.xml").is_file() and (entry / "model.bin").is_file()
     if not hit:
