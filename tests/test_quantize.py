@@ -74,10 +74,9 @@ def test_int8_runs_in_openvino_itself(quantized):
 
 def _fed_by_fake_quantize(op) -> bool:
     """Whether ``op``'s first input comes from a FakeQuantize (through reshapes and converts)."""
-    src = op.input_value(0).get_node()
-    while src.get_type_name() in ("Reshape", "Convert"):
-        src = src.input_value(0).get_node()
-    return src.get_type_name() == "FakeQuantize"
+    from veca_deploy.calibration.keep_float import ov_source
+
+    return ov_source(op, 0).get_type_name() == "FakeQuantize"
 
 
 def test_rope_rotations_and_patch_embedding_stay_float_in_openvino_int8(quantized, tmp_path, cache_dir):

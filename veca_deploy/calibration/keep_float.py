@@ -36,7 +36,7 @@ def signed_permutation(a: np.ndarray) -> bool:
     return bool((nz.sum(0) == 1).all() and (nz.sum(1) == 1).all())
 
 
-def _ov_source(op: Any, port: int) -> Any:
+def ov_source(op: Any, port: int) -> Any:
     """The node that really feeds ``op``'s input ``port``, through reshapes and converts."""
     src = op.input_value(port).get_node()
     while src.get_type_name() in _PASS_THROUGH:
@@ -50,12 +50,12 @@ def openvino_float_ops(model: Any, rotations: bool = True, input_layer: bool = T
     for op in model.get_ops():
         kind = op.get_type_name()
         if rotations and kind == "MatMul":
-            w = _ov_source(op, 1)  # an f16-compressed constant reads through a Convert
+            w = ov_source(op, 1)  # an f16-compressed constant reads through a Convert
             if w.get_type_name() == "Constant" and signed_permutation(np.asarray(w.get_data())):
                 names.append(op.get_friendly_name())
                 continue
         if input_layer and kind in ("Convolution", "MatMul"):
-            src = _ov_source(op, 0)
+            src = ov_source(op, 0)
             if src.get_type_name() == "Parameter" and IMAGES in src.output(0).get_names():
                 names.append(op.get_friendly_name())
     return names
