@@ -109,7 +109,8 @@ def _initializer_shapes(g) -> dict[str, tuple[int, ...]]:
 def test_graph_form_for_backends_that_fuse(tiny_bundle):
     """The graph form docs/performance.md measured on OpenVINO: RoPE tables of the patches are
     constants (Sin/Cos only on the cores' rows), SwiGLU's fc1 is two products (no split of its
-    activation), and each attention is reshape -> transpose -> attention with nothing between."""
+    activation), each attention is reshape -> transpose -> attention with nothing between, and the
+    blocks' LayerNorms are bare normalisations (their affine folded into the products after them)."""
     from onnx import shape_inference
 
     m = read_manifest(tiny_bundle)
@@ -125,6 +126,12 @@ def test_graph_form_for_backends_that_fuse(tiny_bundle):
     assert products.count((d, hm)) == 2 * layers, "fc1 as its u and v halves, two products per block"
     assert (d, 2 * hm) not in products and (2 * hm, d) not in products
     assert not [n for n in g.graph.node if n.op_type == "Split"]
+    from onnx import numpy_helper
+
+    arrays = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer}
+    norms = [n for n in g.graph.node if n.op_type == "LayerNormalization"]
+    bare = [n for n in norms if np.all(arrays[n.input[1]] == 1) and np.all(arrays[n.input[2]] == 0)]
+    assert len(bare) == 2 * layers and len(norms) > len(bare)  # final_norm keeps its (random) affine
 
 
 def test_latency_weights_leave_no_constant_parameter():

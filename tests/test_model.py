@@ -224,19 +224,25 @@ def test_rotation_buffer_is_not_part_of_checkpoints_and_follows_dtype():
 
 @pytest.mark.parametrize("name,cores", [("veca_tiny", 16), ("vit_tiny", None)])
 def test_graph_form_computes_the_same_numbers_and_is_undone(name, cores):
-    """The exported form (token-layout RoPE, constant patch tables, fc1 as two products) is the
-    same computation as the eager one, and leaving the block restores eager's form."""
+    """The exported form (token-layout RoPE, constant patch tables, fc1 as two products, the
+    blocks' LayerNorm affine folded into the products after them) is the same computation as the
+    eager one, and leaving the block restores eager's form and every weight."""
     from veca_deploy.model.registry import latency_weights
     from veca_deploy.model.veca import graph_form
 
     torch.manual_seed(0)
     m = latency_weights(veca_deploy.create_model(name)).eval()
     x = torch.randn(2, 3, 28, 42)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     with torch.no_grad():
         eager = m(x, cores=cores)
         with graph_form(m):
             assert m.export_form and all(b.split_fc1 for b in m.blocks)
+            for b in m.blocks:  # folded: a bare normalisation
+                assert bool((b.norm_attn.weight == 1).all()) and bool((b.norm_ffn.bias == 0).all())
+            assert not bool((m.final_norm.weight == 1).all())  # no product after it to fold into
             exported = m(x, cores=cores)
         assert not m.export_form and not any(b.split_fc1 for b in m.blocks)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     for a, b in zip(eager, exported):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

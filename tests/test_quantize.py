@@ -80,8 +80,9 @@ def _fed_by_fake_quantize(op) -> bool:
 
 
 def test_rope_rotations_and_patch_embedding_stay_float_in_openvino_int8(quantized, tmp_path, cache_dir):
-    """NNCF leaves RoPE's pair rotation (a product with a signed permutation, exact in float) and
-    the patch embedding (reads the image) in float, weights and input, while the projections are
+    """NNCF leaves RoPE's pair rotation (a product with a signed permutation, exact in float), the
+    patch embedding (reads the image) and the products that map core positions (RoPE's angles,
+    the per-layer position update) in float, weights and input, while the projections are
     quantized; the recipe records it, and switched off they are quantized like any product."""
     import openvino as ov
 
@@ -98,12 +99,18 @@ def test_rope_rotations_and_patch_embedding_stay_float_in_openvino_int8(quantize
     core = ov.Core()
     src = quantized / "openvino/fp32/c8_28x28.xml"
     fp32 = core.read_model(str(src))
-    rot, first = openvino_float_ops(fp32, input_layer=False), openvino_float_ops(fp32, rotations=False)
-    assert len(rot) == 2 * create_model("veca_tiny").cfg.num_layers  # q and k in every layer
+    rot = openvino_float_ops(fp32, input_layer=False, coordinates=False)
+    first = openvino_float_ops(fp32, rotations=False, coordinates=False)
+    coords = openvino_float_ops(fp32, rotations=False, input_layer=False)
+    layers = create_model("veca_tiny").cfg.num_layers
+    assert len(rot) == 2 * layers  # q and k in every layer
+    # the position update between layers and the angles it moves (the first layer's are constants, folded)
+    assert len(coords) == 2 * (layers - 1)
     q = core.read_model(str(quantized / "openvino/int8/c8_28x28.xml"))
-    assert sorted(openvino_float_ops(q, input_layer=False)) == sorted(rot)  # their constant left as it was
+    assert sorted(openvino_float_ops(q, input_layer=False, coordinates=False)) == sorted(rot)  # constants as they were
+    assert sorted(openvino_float_ops(q, rotations=False, input_layer=False)) == sorted(coords)
     ops = {op.get_friendly_name(): op for op in q.get_ops()}
-    assert not any(_fed_by_fake_quantize(ops[n]) for n in rot)
+    assert not any(_fed_by_fake_quantize(ops[n]) for n in rot + coords)
     assert any(_fed_by_fake_quantize(op) for op in q.get_ops() if op.get_type_name() == "MatMul")
     # the patch embedding reads the image: in float too (the largest INT8 error when quantized)
     assert first and all(ops[n].get_type_name() == "Convolution" and not _fed_by_fake_quantize(ops[n]) for n in first)
@@ -111,19 +118,20 @@ def test_rope_rotations_and_patch_embedding_stay_float_in_openvino_int8(quantize
     recipes = read_manifest(quantized).calibration["recipes"]
     for r in ("openvino_int8", "onnx_int8"):
         assert recipes[r]["float_rotations"] is True and recipes[r]["float_input_layer"] is True
+        assert recipes[r]["float_coordinates"] is True
     # switched off: quantized like the projections
     cal = CalibrationSet(images=np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32))
     dst = tmp_path / "rot.xml"
-    quantize_openvino_int8(src, dst, cal, NncfRecipe(float_rotations=False, float_input_layer=False),
-                           cache_dir=cache_dir)
+    quantize_openvino_int8(src, dst, cal, NncfRecipe(float_rotations=False, float_input_layer=False,
+                                                     float_coordinates=False), cache_dir=cache_dir)
     q = core.read_model(str(dst))
     assert openvino_float_ops(q, input_layer=False) == []
     ops = {op.get_friendly_name(): op for op in q.get_ops()}
-    assert all(_fed_by_fake_quantize(ops[n]) for n in rot + first)
+    assert all(_fed_by_fake_quantize(ops[n]) for n in rot + first + coords)
 
 
 def test_rope_rotations_and_patch_embedding_stay_float_in_onnx_int8(quantized, tmp_path, cache_dir):
-    """The same two kinds of product stay float in ONNX Runtime's QDQ graphs (both schemes): no
+    """The same three kinds of product stay float in ONNX Runtime's QDQ graphs (both schemes): no
     DequantizeLinear feeds them, while the projections are fed by one."""
     import onnx
 
@@ -139,18 +147,21 @@ def test_rope_rotations_and_patch_embedding_stay_float_in_onnx_int8(quantized, t
         return {n.name: any(made_by.get(i) == "DequantizeLinear" for i in n.input) for n in g.node}
 
     fp32 = onnx.load(str(quantized / "onnx/c8_28x28.onnx"))
-    rot, first = onnx_float_nodes(fp32, input_layer=False), onnx_float_nodes(fp32, rotations=False)
-    assert len(rot) == 2 * create_model("veca_tiny").cfg.num_layers and len(first) == 1
+    rot = onnx_float_nodes(fp32, input_layer=False, coordinates=False)
+    first = onnx_float_nodes(fp32, rotations=False, coordinates=False)
+    coords = onnx_float_nodes(fp32, rotations=False, input_layer=False)
+    layers = create_model("veca_tiny").cfg.num_layers
+    assert len(rot) == 2 * layers and len(first) == 1 and len(coords) == 2 * (layers - 1)
     shipped = dequantized_inputs(quantized / "onnx/c8_28x28.int8.onnx")  # the default S8S8 recipe
-    assert not any(shipped[n] for n in rot + first) and sum(shipped.values()) > len(rot)
+    assert not any(shipped[n] for n in rot + first + coords) and sum(shipped.values()) > len(rot)
     cal = CalibrationSet(images=np.random.default_rng(0).standard_normal((8, 3, 28, 28)).astype(np.float32))
     for scheme in ("u8s8", "s8s8"):
         dst = tmp_path / f"{scheme}.onnx"
         quantize_onnx_int8(quantized / "onnx/c8_28x28.onnx", dst, cal,
-                           ort_recipe(scheme=scheme, float_rotations=False, float_input_layer=False),
-                           cache_dir=cache_dir)
+                           ort_recipe(scheme=scheme, float_rotations=False, float_input_layer=False,
+                                      float_coordinates=False), cache_dir=cache_dir)
         off = dequantized_inputs(dst)
-        assert all(off[n] for n in rot + first), scheme  # switched off: quantized like any product
+        assert all(off[n] for n in rot + first + coords), scheme  # switched off: quantized like any product
 
 
 def _cli(capsys, *args: str) -> tuple[int, str]:

@@ -256,7 +256,7 @@ def test_bench_records_a_refused_variant_and_still_succeeds(copy, monkeypatch, c
     from veca_deploy.selector import profile as prof
 
     cands = importlib.import_module("veca_deploy.selector.candidates")  # the module (the package exports the function)
-    monkeypatch.setattr(cands, "supported_variants", lambda b, device="CPU": ("bf16",) if b == "openvino" else ())
+    monkeypatch.setattr(cands, "supported_variants", lambda b, device="CPU", precision=None: ("bf16",) if b == "openvino" else ())
 
     real = prof.golden_gate
 
@@ -276,3 +276,113 @@ def test_bench_records_a_refused_variant_and_still_succeeds(copy, monkeypatch, c
     assert entries["openvino-fp32-c8-28x28@c8+bf16"]["error"] and not entries["openvino-fp32-c8-28x28@c8"]["error"]
     monkeypatch.setattr(prof, "golden_gate", lambda r, g, c: gate(r, g, c, fail_default=True))
     assert main(["bench", str(copy), "--backend", "openvino", "--tiers", "8", "--count", "3", "--quiet"]) == 5
+
+
+# ---------------------------------------------------------------------------- variants' own accuracy
+def _records(copy: Path, variant: dict) -> None:
+    """Give the OpenVINO FP32 C=8 artifact an eval record (90 of 100 right) and a bf16 one."""
+    from veca_deploy.bundle.io import write_manifest
+    from veca_deploy.compare.records import pack_hits
+
+    b = Bundle.open(copy)
+    art = next(a for a in b.manifest.artifacts if a.id == "openvino-fp32-c8-28x28")
+    hits = np.arange(100) % 10 != 0
+    art.accuracy = {"dataset": "d", "samples": 100, "metric": "top1", "top1": 0.90, "sample_id": "s",
+                    "correct": {"8": pack_hits(hits)}, "variants": {"bf16": variant}}
+    write_manifest(copy, b.manifest)
+
+
+def test_a_variant_is_ranked_by_its_own_eval_record_and_never_where_it_failed(copy):
+    """``eval`` records a variant's own numbers beside its artifact's: the candidate takes them
+    (accuracy, sample count, per-image record), so a consistent loss on the same images is resolved
+    (paired) instead of the variant claiming its artifact's accuracy; a tier where its gate failed is
+    no candidate at all."""
+    from veca_deploy.compare.records import pack_hits
+    from veca_deploy.selector.candidates import candidates
+
+    hits = np.arange(100) % 10 != 0
+    lost = hits.copy()
+    lost[1:6] = False  # 5 images the bf16 run gets wrong that f32 gets right: 85 %
+    own = {"dataset": "d", "samples": 100, "metric": "top1", "top1": 0.85, "sample_id": "s",
+           "correct": {"8": pack_hits(lost)}, "execution": "bf16", "gate": "passed"}
+    _records(copy, own)
+    got = {c.key: c for c in candidates(Bundle.open(copy), ["openvino"], tiers=[8], variants=["bf16"])}
+    base, var = got["openvino-fp32-c8-28x28@c8"], got["openvino-fp32-c8-28x28@c8+bf16"]
+    assert base.accuracy == 0.90 and var.accuracy == 0.85 and var.samples == 100
+    assert var.record == ("s", pack_hits(lost)) and base.record == ("s", pack_hits(hits))
+    # the variant is 2x faster, but 5 of 5 disagreements go one way on the same images: not a tie
+    chosen, why = decide(_ranked(Measured(base, 2.0), Measured(var, 1.0)))
+    assert chosen.cand is base and why["tied"] == [base.key]
+    from veca_deploy.selector.select import comparison
+
+    assert comparison(base, var) == "paired" and resolution(base, var) < 0.05
+
+    _records(copy, {**own, "gate": "failed: top-1 -5 points", "failed_tiers": ["8"]})
+    assert "openvino-fp32-c8-28x28@c8+bf16" not in {
+        c.key for c in candidates(Bundle.open(copy), ["openvino"], tiers=[8], variants=["bf16"])}
+    _records(copy, {**own, "gate": "failed: at c=16 only", "failed_tiers": ["16"]})
+    assert "openvino-fp32-c8-28x28@c8+bf16" in {
+        c.key for c in candidates(Bundle.open(copy), ["openvino"], tiers=[8], variants=["bf16"])}
+
+
+def test_variant_gate_fails_a_drop_beyond_the_limit_and_marks_the_tier():
+    from veca_deploy.bundle.manifest import Manifest
+    from veca_deploy.calibration.evaluate import gate, gate_variants
+
+    a = Artifact(format="openvino", precision="fp32", cores=8, height=28, width=28, path="openvino/fp32/a.xml",
+                 sha256="0" * 64, bytes=1, id="a", tiers=[8])
+    m = Manifest(model={}, preprocess={}, artifacts=[a])
+
+    def results(variant_top1: float) -> dict:
+        return {"a": {"metric": "top1", "top1": 0.90, "samples": 1000,
+                      "variants": {"bf16": {"metric": "top1", "top1": variant_top1, "samples": 1000}}}}
+
+    r = results(0.895)
+    assert gate_variants(m, r) == [] and r["a"]["variants"]["bf16"]["gate"] == "passed"
+    r = results(0.87)
+    fails = gate_variants(m, r)
+    assert len(fails) == 1 and fails[0].startswith("a+bf16 c=8: top-1 87.00% vs FP32 90.00%")
+    assert r["a"]["variants"]["bf16"]["gate"].startswith("failed") and r["a"]["variants"]["bf16"]["failed_tiers"] == ["8"]
+    assert gate(m, r) == []  # the artifact itself (FP32) is not what failed
+    assert gate_variants(m, results(0.87), allow_drop=5.0) == []
+
+
+def test_int8_f16_is_offered_on_arm_only():
+    """OpenVINO runs an INT8 IR under the f16 hint on x86 through reference kernels (293 s per
+    image for veca_small at 512 px on the AMX Xeon): never a candidate there, whatever the CPU reports."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        pytest.skip("Arm: f16 is the plugin's native precision")
+    assert "f16" not in supported_variants("openvino", precision="int8")
+    assert set(supported_variants("openvino", precision="int8")) <= set(supported_variants("openvino"))
+
+
+@needs_bf16
+def test_eval_measures_each_variant_on_the_same_images_and_select_uses_it(reference_bundle, tmp_path):
+    """``eval`` on the trained reference model: the bf16 variant of each OpenVINO artifact gets its
+    own top-1 and per-image record on the same images, gated against FP32; the candidate carries it."""
+    from veca_deploy.calibration.evaluate import evaluate
+    from veca_deploy.data import fashion_mnist_available
+    from veca_deploy.selector.candidates import candidates
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    b = Path(shutil.copytree(reference_bundle, tmp_path / "ref"))
+    report = evaluate(b, limit=300, backends=["openvino"], variants=["bf16"])
+    assert report["gate"]["variant_failures"] == []
+    art = next(a for a in Bundle.open(b).manifest.artifacts if a.format == "openvino" and a.precision == "fp32"
+               and not a.elastic and a.cores == 8)
+    own = art.accuracy["variants"]["bf16"]
+    assert own["samples"] == 300 and own["sample_id"] == art.accuracy["sample_id"] and own["gate"] == "passed"
+    assert own["inference_precision"] == "bf16" and own["execution"] == "bf16" and set(own["correct"]) == {"8"}
+    assert art.accuracy["inference_precision"] == "f32" and abs(own["top1"] - art.accuracy["top1"]) <= 0.01
+    got = {c.key: c for c in candidates(Bundle.open(b), ["openvino"], tiers=[8], variants=["bf16"])}
+    var = got[f"{art.id}@c8+bf16"]
+    assert var.accuracy == own["top1"] and var.record == (own["sample_id"], own["correct"]["8"])
+    # the CLI shows it as a row of its own, and --variants none measures none
+    from veca_deploy.cli import main
+
+    assert main(["eval", str(b), "--limit", "100", "--backend", "openvino", "--variants", "none", "--overwrite",
+                 "-q", "--no-write", "--json", str(tmp_path / "r.json")]) == 0
+    assert not any(r.get("variants") for r in json.loads((tmp_path / "r.json").read_text())["results"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import BundleError
 from ..preprocess import Preprocess
@@ -58,11 +59,17 @@ class Bundle:
     def accuracy_of(self, art: Artifact, cores: int) -> float | None:
         """The metric (top-1, mIoU, ..., or feature cosine) recorded for this artifact at ``cores``,
         if measured; ``accuracy["metric"]`` says which."""
-        acc = art.accuracy or {}
-        per_tier = acc.get("per_tier")
-        if isinstance(per_tier, dict) and str(cores) in per_tier:
-            return float(per_tier[str(cores)])
-        key = acc.get("metric", "top1")
-        if key in acc and key != "cosine" and not art.elastic:
-            return float(acc[key])
-        return None
+        return record_value(art.accuracy, cores, art.elastic)
+
+
+def record_value(rec: dict[str, Any] | None, cores: int, elastic: bool) -> float | None:
+    """The number an accuracy record (an artifact's, or one of its execution variants') holds at
+    ``cores``: ``per_tier`` for an elastic graph, else the value under its ``metric`` key."""
+    acc = rec or {}
+    per_tier = acc.get("per_tier")
+    if isinstance(per_tier, dict) and str(cores) in per_tier:
+        return float(per_tier[str(cores)])
+    key = acc.get("metric", "top1")
+    if key in acc and key != "cosine" and not elastic:
+        return float(acc[key])
+    return None

@@ -29,9 +29,10 @@ from ..bundle.manifest import Artifact, Manifest
 from ..errors import QuantizationError, UsageError
 from ..preprocess import Preprocess
 from ..compare.comparator import Target, default_batch, run_outputs
-from ..compare.records import pack_hits
+from ..compare.records import pack_hits, variant_records
 from ..metrics import MeanAbsError, MeanIoU, Metric, PerSample, Top1
-from ..runtimes import FORMAT_BACKEND, backend_available
+from ..formats import BACKENDS, variant_applies, variant_options
+from ..runtimes import FORMAT_BACKEND, backend_available, supported_variants
 from ..seg_data import SEG_SOURCE
 from .data import EVAL_PHOTO_SEED, PHOTOS
 
@@ -283,12 +284,17 @@ def _artifact_batches(runner, art: Artifact, data: EvalData, pre: Preprocess, co
 
 
 def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: Preprocess, manifest: Manifest,
-            progress: Callable[..., None] | None = None, metric: Any = None) -> dict[str, dict[str, Any]]:
+            progress: Callable[..., None] | None = None, metric: Any = None,
+            variants: bool | Sequence[str] = False) -> dict[str, dict[str, Any]]:
     """Accuracy record (the manifest's ``accuracy`` dict) for each artifact id.
 
     The task metric of :func:`metric_for` (top-1, mIoU, MAE or the user's ``metric``) when the
     outputs and the data allow one; else the mean cosine of each output against the FP32 ONNX
     graph (ONNX Runtime) at the same tier and size.
+
+    ``variants`` (True: each execution variant this machine runs natively, or a list such as
+    ``["bf16"]``): each applicable variant of an artifact is measured the same way, on the same
+    images, into ``record["variants"][name]`` (see :func:`variant_records`).
     """
     report = progress or (lambda *a, **k: None)
     results: dict[str, dict[str, Any]] = {}
@@ -296,14 +302,29 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
         spills: dict[tuple[int, int, int], _Spill] = {}
         for art in arts:
             rec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric)
-            if rec is not None:
-                results[art.id] = rec
+            if rec is None:
+                continue
+            results[art.id] = rec
+            for v in execution_variants(art, variants):
+                vrec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric, v)
+                if vrec is not None and not vrec.get("reference"):
+                    rec.setdefault("variants", {})[v] = vrec
     return results
+
+
+def execution_variants(art: Artifact, variants: bool | Sequence[str]) -> list[str]:
+    """The execution variants of ``art`` to measure: ``True`` = those this machine runs natively
+    (:func:`~veca_deploy.runtimes.supported_variants`), a list = those of it the backend has;
+    only variants that change how the artifact computes (:func:`~veca_deploy.formats.variant_applies`)."""
+    backend = FORMAT_BACKEND[art.format]
+    names = supported_variants(backend, precision=art.precision) if variants is True else () if variants is False else \
+        [v for v in variants if v in BACKENDS[backend].execution_variants]
+    return [v for v in names if variant_applies(art.precision, v)]
 
 
 def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,
                  report: Callable[..., None], spills: dict[tuple[int, int, int], "_Spill"],
-                 tmp: Path, user_metric: Any = None) -> dict[str, Any] | None:
+                 tmp: Path, user_metric: Any = None, variant: str | None = None) -> dict[str, Any] | None:
     backend = FORMAT_BACKEND[art.format]
     if not backend_available(backend):
         return None
@@ -311,13 +332,14 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
     records: dict[str, str] = {}  # tier -> per-image correctness (pack_hits)
     factory = metric_for(manifest, art, data, user_metric)
     metric, lower_better = "cosine", False
-    if factory is None and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
-                                  for c in art.tiers):
+    if variant is None and factory is None and all(getattr(_fp32_onnx(manifest, c, art.size), "id", None) == art.id
+                                                   for c in art.tiers):
         # the graph every other artifact's features are compared with: nothing to measure
         return {"dataset": data.name, "samples": 0, "backend": backend, "metric": "cosine", "reference": True}
-    with Target.of(root, art, None, backend).runner() as runner:
+    label = art.id + (f" in {variant}" if variant else "")
+    with Target.of(root, art, variant_options(backend, variant), backend).runner() as runner:
         for c in art.tiers:
-            report(f"eval {art.id} c={c}", advance=0)
+            report(f"eval {label} c={c}", advance=0)
             if factory is not None:
                 m = factory()
                 metric, lower_better = m.name, not m.higher_is_better
@@ -335,7 +357,8 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
                 raise QuantizationError(f"{art.id}: no FP32 ONNX artifact at c={c} {art.height}x{art.width} "
                                         "to compare features against")
             spill = spills.get(key)
-            fill = spill is None and ref.id == art.id  # this artifact is the reference: spill its own outputs
+            # this artifact is the reference: spill its own outputs
+            fill = spill is None and ref.id == art.id and variant is None
             if spill is None:
                 spill = _Spill(tmp / f"c{c}_{art.height}x{art.width}")
                 if not fill:
@@ -358,7 +381,12 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
         rec["sample_id"] = sample_id(data)
         rec["correct"] = records
     if backend == "openvino":
-        rec["inference_precision"] = "f32"
+        rec["inference_precision"] = variant or "f32"
+    if variant:
+        from ..runtimes.fingerprint import device_id
+
+        rec["execution"] = variant
+        rec["device"] = device_id()
     if art.elastic:
         rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}
     else:
@@ -394,40 +422,70 @@ def gate(manifest: Manifest, results: dict[str, dict[str, Any]], allow_drop: flo
     """Failures of FP16/INT8 artifacts vs FP32 at the same tier, size and format (same runtime).
 
     ``allow_drop`` (points) replaces the 1.0-point limit; for feature cosine it lowers the 0.99
-    floor by ``allow_drop / 100``.
+    floor by ``allow_drop / 100``. Execution variants are gated apart (:func:`gate_variants`).
     """
     by_id = {a.id: a for a in manifest.artifacts}
-    limit = MAX_DROP_POINTS if allow_drop is None else float(allow_drop)
     failures = []
     for aid, rec in results.items():
         art = by_id.get(aid)
         if art is None or art.precision == "fp32" or (ids is not None and aid not in ids):
             continue
-        vals = tier_values(rec)
-        for c in art.tiers:
-            got = vals.get(str(c), vals.get("_"))
-            if got is None:
+        failures += [msg for _, msg in _gate_record(manifest, results, art, aid, rec, allow_drop)]
+    return failures
+
+
+def gate_variants(manifest: Manifest, results: dict[str, dict[str, Any]], allow_drop: float | None = None
+                  ) -> list[str]:
+    """Gate every execution variant record in ``results`` like an artifact, against the FP32
+    artifact's default run (an FP32 IR in bf16 against itself in f32), and mark each record
+    ``gate: "passed"`` or ``"failed: ..."`` with its ``failed_tiers``: the selector never picks a
+    variant at a tier where it failed. A failure is this device's (its lower-precision
+    execution), not the bundle's, so it is returned, not raised."""
+    by_id = {a.id: a for a in manifest.artifacts}
+    failures = []
+    for aid, rec in results.items():
+        art = by_id.get(aid)
+        for v, vrec in variant_records(rec).items():
+            if art is None:
                 continue
-            if rec["metric"] == "cosine":
-                floor = MIN_FEATURE_COSINE - (0.0 if allow_drop is None else limit / 100.0)
-                if got < floor:
-                    failures.append(f"{aid} c={c}: feature cosine {got:.4f} < {floor:.4f}")
-                continue
-            ref = _reference_value(manifest, results, art, c, rec["metric"])
-            if ref is None:
-                failures.append(f"{aid} c={c}: no FP32 result at this tier to compare with")
-                continue
-            name = METRIC_LABELS.get(rec["metric"], rec["metric"])
-            if rec.get("higher_is_better", True):
-                drop = (ref - got) * 100.0
-                if drop > limit + 1e-9:
-                    failures.append(f"{aid} c={c}: {name} {got * 100:.2f}% vs FP32 {ref * 100:.2f}% "
-                                    f"(-{drop:.2f} points > {limit:g} allowed)")
-            else:  # an error (MAE): the rise relative to FP32, in percent
-                rise = (got - ref) / max(abs(ref), 1e-12) * 100.0
-                if rise > limit + 1e-9:
-                    failures.append(f"{aid} c={c}: {name} {got:.5g} vs FP32 {ref:.5g} "
-                                    f"(+{rise:.2f}% > {limit:g}% allowed)")
+            got = _gate_record(manifest, results, art, f"{aid}+{v}", vrec, allow_drop)
+            vrec["gate"] = "failed: " + "; ".join(msg for _, msg in got) if got else "passed"
+            if got:
+                vrec["failed_tiers"] = sorted({str(c) for c, _ in got}, key=int)
+            failures += [msg for _, msg in got]
+    return failures
+
+
+def _gate_record(manifest: Manifest, results: dict[str, dict[str, Any]], art: Artifact, label: str,
+                 rec: dict[str, Any], allow_drop: float | None) -> list[tuple[int, str]]:
+    """``(tier, message)`` for each tier of ``rec`` that fails its gate."""
+    limit = MAX_DROP_POINTS if allow_drop is None else float(allow_drop)
+    vals = tier_values(rec)
+    failures = []
+    for c in art.tiers:
+        got = vals.get(str(c), vals.get("_"))
+        if got is None:
+            continue
+        if rec["metric"] == "cosine":
+            floor = MIN_FEATURE_COSINE - (0.0 if allow_drop is None else limit / 100.0)
+            if got < floor:
+                failures.append((c, f"{label} c={c}: feature cosine {got:.4f} < {floor:.4f}"))
+            continue
+        ref = _reference_value(manifest, results, art, c, rec["metric"])
+        if ref is None:
+            failures.append((c, f"{label} c={c}: no FP32 result at this tier to compare with"))
+            continue
+        name = METRIC_LABELS.get(rec["metric"], rec["metric"])
+        if rec.get("higher_is_better", True):
+            drop = (ref - got) * 100.0
+            if drop > limit + 1e-9:
+                failures.append((c, f"{label} c={c}: {name} {got * 100:.2f}% vs FP32 {ref * 100:.2f}% "
+                                    f"(-{drop:.2f} points > {limit:g} allowed)"))
+        else:  # an error (MAE): the rise relative to FP32, in percent
+            rise = (got - ref) / max(abs(ref), 1e-12) * 100.0
+            if rise > limit + 1e-9:
+                failures.append((c, f"{label} c={c}: {name} {got:.5g} vs FP32 {ref:.5g} "
+                                    f"(+{rise:.2f}% > {limit:g}% allowed)"))
     return failures
 
 
@@ -473,7 +531,7 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
              limit: int | None = None, backends: Sequence[str] | None = None, *, allow_drop: float | None = None,
              json_out: str | os.PathLike | None = None, write: bool = True, gate_results: bool = True,
              progress: Callable[..., None] | None = None, overwrite: bool = False,
-             metric: Any = None) -> dict[str, Any]:
+             metric: Any = None, variants: bool | Sequence[str] = True) -> dict[str, Any]:
     """Measure every artifact of a bundle (its task metric, or feature cosine, per tier x precision
     x backend). ``metric``: see :func:`metric_for` (default: from the outputs and the data).
     ``data`` ``fashion-mnist`` (the default) means the model's own held-out data when its manifest
@@ -488,6 +546,11 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     backend was re-evaluated on a subset; the report's ``kept`` lists those artifacts with both
     sample sizes (this run's numbers are still in the report). ``overwrite=True`` records this
     run's numbers anyway.
+
+    ``variants`` (default: each execution variant this machine runs natively, e.g. OpenVINO in
+    bf16 on AMX): measured on the same images into ``accuracy["variants"]`` and gated like an
+    artifact against FP32 (:func:`gate_variants`); a failed variant is recorded and reported
+    (``gate.variant_failures``) but does not fail the run: the selector never picks it here.
     """
     from ..bundle.io import write_manifest
     from ..bundle.reader import Bundle
@@ -508,25 +571,37 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     ev = load_eval_data(model_eval_data(bundle.manifest, data), pre, limit)
     # FP32 references are always measured on the same images, so drops compare like with like
     refs = [a for a in references(bundle.manifest, arts, ev, metric) if backend_available(FORMAT_BACKEND[a.format])]
-    results = measure_accuracy(bundle.root, refs + arts, ev, pre, bundle.manifest, progress, metric)
+    results = measure_accuracy(bundle.root, refs + arts, ev, pre, bundle.manifest, progress, metric,
+                               variants=variants)
     failures = gate(bundle.manifest, results, allow_drop)
+    variant_failures = gate_variants(bundle.manifest, results, allow_drop)
     kept: list[dict[str, Any]] = []
     if write:
         for a in bundle.manifest.artifacts:
             if a.id in results and not overwrite and _samples(a.accuracy) > _samples(results[a.id]):
                 kept.append({"artifact": a.id, "recorded_samples": _samples(a.accuracy),
                              "run_samples": _samples(results[a.id])})
+                new = {v: r for v, r in variant_records(results[a.id]).items()
+                       if v not in variant_records(a.accuracy)}
+                if new:  # the larger record stays; a variant it lacks is added (its own sample count)
+                    a.accuracy = {**(a.accuracy or {}), "variants": {**variant_records(a.accuracy), **new}}
+                    kept[-1]["variants_added"] = sorted(new)
                 continue
             if a.id in results:
+                old = variant_records(a.accuracy)  # variants this machine does not run keep their records
                 a.accuracy = {**results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
                                                   and a.precision != "fp32" else {})}
+                if old:
+                    a.accuracy["variants"] = {**old, **variant_records(results[a.id])}
         if allow_drop is not None:
             bundle.manifest.calibration = {**bundle.manifest.calibration, "allow_drop": allow_drop}
-        if len(kept) < len(results) or allow_drop is not None:  # nothing new: the manifest (and its signature) stay
+        # with nothing new the manifest (and its signature) stay
+        if len(kept) < len(results) or allow_drop is not None or any(k.get("variants_added") for k in kept):
             write_manifest(bundle.root, bundle.manifest)
     report = {"bundle": str(bundle.root), "dataset": ev.name, "samples": ev.samples, "skipped": skipped, "kept": kept,
               "gate": {"max_drop_points": MAX_DROP_POINTS if allow_drop is None else allow_drop,
-                       "min_feature_cosine": MIN_FEATURE_COSINE, "failures": failures},
+                       "min_feature_cosine": MIN_FEATURE_COSINE, "failures": failures,
+                       "variant_failures": variant_failures},
               "results": [{"artifact": aid, "format": _art(bundle.manifest, aid).format,
                            "precision": _art(bundle.manifest, aid).precision,
                            "cores": _art(bundle.manifest, aid).cores, "elastic": _art(bundle.manifest, aid).elastic,

@@ -1,13 +1,20 @@
 """Products an INT8 recipe leaves in float, found in the graph itself (ONNX or OpenVINO IR).
 
-Two kinds, each a recipe switch (``float_rotations``, ``float_input_layer`` on both
-:class:`~veca_deploy.calibration.recipe.OrtRecipe` and ``NncfRecipe``):
+Three kinds, each a recipe switch (``float_rotations``, ``float_input_layer``,
+``float_coordinates`` on both :class:`~veca_deploy.calibration.recipe.OrtRecipe` and ``NncfRecipe``):
 
 - **RoPE's pair rotation**: a MatMul whose constant operand is a signed permutation
   (``model.veca.rotation_matrix``). It only moves and negates values, exactly in any float
   precision; quantized, it adds a quantize pass over q and k and rounds them.
 - **The input layer**: the products that read the image input (the patch embedding). Quantizing
   raw normalised pixels was the largest INT8 error in the graph, for one layer of 3 channels.
+- **Coordinate products**: a product whose constant operand has a side of at most
+  :data:`COORD_WIDTH`. In VECA these map positions: RoPE's angle projection (2 coordinates in)
+  and each layer's core-position update (2 coordinates out). Quantized, they round every core's
+  position and so every RoPE angle, for products of a few hundred multiply-adds. NNCF's
+  quantizer on the angle product also broke OpenVINO's f16 execution of the INT8 IR (a Concat of
+  f32 and f16 inputs: the graph would not load under ``INFERENCE_PRECISION_HINT=f16``). Any
+  product this narrow (a head of up to 4 classes too) gains nothing from INT8 kernels.
 
 Measured on veca_small C=16 at 512 px, Intel Xeon with AMX, 2026-12-07 (docs/quantization.md):
 output cosine vs FP32 up (OpenVINO 0.99841 -> 0.99971; ONNX U8S8 0.99602 -> 0.99833, S8S8
@@ -25,7 +32,9 @@ from ..runtimes.base import IMAGES
 #: ops that only reshape, reorder or convert: looked through when following an input upstream
 _PASS_THROUGH = ("Convert", "Reshape", "Transpose", "Cast")
 #: bumped when what is kept in float changes, so cached INT8 graphs of the old rule are rebuilt
-REVISION = 1
+REVISION = 2
+#: the widest side of a constant operand that makes a product a coordinate product
+COORD_WIDTH = 4
 
 
 def signed_permutation(a: np.ndarray) -> bool:
@@ -36,6 +45,11 @@ def signed_permutation(a: np.ndarray) -> bool:
     return bool((nz.sum(0) == 1).all() and (nz.sum(1) == 1).all())
 
 
+def coordinate_product(a: np.ndarray) -> bool:
+    """Whether a constant operand of shape ``a.shape`` maps a few coordinates (a side <= COORD_WIDTH)."""
+    return a.ndim == 2 and min(a.shape) <= COORD_WIDTH
+
+
 def ov_source(op: Any, port: int) -> Any:
     """The node that really feeds ``op``'s input ``port``, through reshapes and converts."""
     src = op.input_value(port).get_node()
@@ -44,16 +58,19 @@ def ov_source(op: Any, port: int) -> Any:
     return src
 
 
-def openvino_float_ops(model: Any, rotations: bool = True, input_layer: bool = True) -> list[str]:
+def openvino_float_ops(model: Any, rotations: bool = True, input_layer: bool = True,
+                       coordinates: bool = True) -> list[str]:
     """Friendly names of the ops of an OpenVINO model to leave in float (NNCF ``IgnoredScope``)."""
     names = []
     for op in model.get_ops():
         kind = op.get_type_name()
-        if rotations and kind == "MatMul":
+        if (rotations or coordinates) and kind == "MatMul":
             w = ov_source(op, 1)  # an f16-compressed constant reads through a Convert
-            if w.get_type_name() == "Constant" and signed_permutation(np.asarray(w.get_data())):
-                names.append(op.get_friendly_name())
-                continue
+            if w.get_type_name() == "Constant":
+                a = np.asarray(w.get_data())
+                if (rotations and signed_permutation(a)) or (coordinates and coordinate_product(a)):
+                    names.append(op.get_friendly_name())
+                    continue
         if input_layer and kind in ("Convolution", "MatMul"):
             src = ov_source(op, 0)
             if src.get_type_name() == "Parameter" and IMAGES in src.output(0).get_names():
@@ -61,7 +78,8 @@ def openvino_float_ops(model: Any, rotations: bool = True, input_layer: bool = T
     return names
 
 
-def onnx_float_nodes(model: Any, rotations: bool = True, input_layer: bool = True) -> list[str]:
+def onnx_float_nodes(model: Any, rotations: bool = True, input_layer: bool = True,
+                     coordinates: bool = True) -> list[str]:
     """Names of the nodes of an ONNX model to leave in float (ORT ``nodes_to_exclude``)."""
     from onnx import numpy_helper
 
@@ -74,10 +92,12 @@ def onnx_float_nodes(model: Any, rotations: bool = True, input_layer: bool = Tru
     for n in model.graph.node:
         if not n.name:  # ORT matches names: an empty one would exclude every unnamed node
             continue
-        if rotations and n.op_type == "MatMul" and n.input[1] in consts and signed_permutation(
-                numpy_helper.to_array(consts[n.input[1]])):
-            names.append(n.name)
-            continue
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in consts:
+            a = numpy_helper.to_array(consts[n.input[1]])
+            if (rotations and n.op_type == "MatMul" and signed_permutation(a)) or (
+                    coordinates and coordinate_product(a)):
+                names.append(n.name)
+                continue
         if input_layer and n.op_type in ("Conv", "MatMul", "Gemm"):
             src = n.input[0]
             while src in producer and producer[src].op_type in _PASS_THROUGH:

@@ -189,9 +189,9 @@ def quantize_onnx_int8(src: Path, dst: Path, cal: CalibrationSet, recipe: OrtRec
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             # found in the graph ORT quantizes: its pre-processing may fuse and rename nodes
             floats = []
-            if recipe.float_rotations or recipe.float_input_layer:  # reads the graph once more
+            if recipe.float_rotations or recipe.float_input_layer or recipe.float_coordinates:  # reads it again
                 floats = onnx_float_nodes(onnx.load(str(pre), load_external_data=False), recipe.float_rotations,
-                                          recipe.float_input_layer)
+                                          recipe.float_input_layer, recipe.float_coordinates)
             with calibration_session_order() as reordered:
                 quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,

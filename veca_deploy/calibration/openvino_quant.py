@@ -54,7 +54,8 @@ def quantize_openvino_int8(src_xml: Path, dst_xml: Path, cal: CalibrationSet, re
             adv = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1,
                                                                                                 convolution=-1))
         kwargs: dict[str, Any] = {}
-        floats = openvino_float_ops(model, recipe.float_rotations, recipe.float_input_layer)
+        floats = openvino_float_ops(model, recipe.float_rotations, recipe.float_input_layer,
+                                    recipe.float_coordinates)
         if recipe.ignored_types or floats:
             # validate=False: a graph without one of these op types (a task model with no attention) is fine
             kwargs["ignored_scope"] = nncf.IgnoredScope(types=list(recipe.ignored_types), names=floats,

@@ -25,8 +25,9 @@ DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv")
 class OrtRecipe:
     """ONNX Runtime static QDQ quantization. ``symmetric=True`` is the S8S8 variant TensorRT's
     strongly typed builds need (signed INT8, zero point 0, float biases); False is U8S8.
-    ``float_rotations`` / ``float_input_layer``: RoPE's pair rotation and the patch embedding
-    stay in float (added to ``nodes_to_exclude`` when quantizing; ``calibration/keep_float.py``)."""
+    ``float_rotations`` / ``float_input_layer`` / ``float_coordinates``: RoPE's pair rotation, the
+    patch embedding and the products that map core positions stay in float (added to
+    ``nodes_to_exclude`` when quantizing; ``calibration/keep_float.py``)."""
 
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     method: str = "minmax"
@@ -37,6 +38,7 @@ class OrtRecipe:
     nodes_to_exclude: tuple[str, ...] = ()
     float_rotations: bool = True
     float_input_layer: bool = True
+    float_coordinates: bool = True
     backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
@@ -70,8 +72,9 @@ class NncfRecipe:
     attention is 2NC + C^2 query-key pairs (veca_small C=16 at 512 px, INT8 with bf16 floats:
     46.1 vs 44.8 ms). docs/quantization.md, "NNCF preset per target".
 
-    ``float_rotations`` / ``float_input_layer``: RoPE's pair rotation and the patch embedding stay
-    in float, as in :class:`OrtRecipe` (``calibration/keep_float.py`` says why, with the numbers).
+    ``float_rotations`` / ``float_input_layer`` / ``float_coordinates``: RoPE's pair rotation, the
+    patch embedding and the position products stay in float, as in :class:`OrtRecipe`
+    (``calibration/keep_float.py`` says why, with the numbers).
     """
 
     model_type: str = "transformer"
@@ -81,6 +84,7 @@ class NncfRecipe:
     ignored_types: tuple[str, ...] = ("ScaledDotProductAttention",)
     float_rotations: bool = True
     float_input_layer: bool = True
+    float_coordinates: bool = True
     backend: str = "openvino"
     extra: dict[str, Any] = field(default_factory=dict)
 

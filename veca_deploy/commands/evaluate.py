@@ -23,11 +23,15 @@ from .common import console, format_top1, out, parse_list, progress_reporter
               help="Task metric of the gate (default: from the outputs and the data).")
 @click.option("--allow-drop", type=float, default=None,
               help="Accept a drop up to X points (top-1, mIoU) or an error rise up to X %% (MAE) vs FP32 (recorded).")
+@click.option("--variants", default="auto", show_default=True,
+              help="Execution variants to measure as well, each on the same images and gated like an artifact: "
+                   "auto (those this machine runs natively, e.g. OpenVINO in bf16 on AMX), none, or a list (bf16,f16).")
 @click.option("--no-write", is_flag=True, help="Do not record the accuracy in the manifest.")
 @click.option("--overwrite", is_flag=True,
               help="Record this run's numbers even where the manifest holds a measurement on more images.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, no_write, overwrite, quiet) -> None:
+def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, variants, no_write, overwrite,
+            quiet) -> None:
     """Measure every artifact of BUNDLE_DIR on held-out data; fail if FP16/INT8 falls > 1 point below FP32.
 
     The numbers are recorded in the manifest, where select compares them. An artifact whose
@@ -35,16 +39,21 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, no_
     that record, so select never compares a 200-image accuracy of one backend with 2,000-image
     ones of the others; the command says which records it kept, and --json FILE still gets this
     run's numbers. --overwrite records them anyway.
+
+    Execution variants (--variants) are recorded beside their artifact's numbers; one that falls
+    more than the allowed drop below FP32 is reported and never selected here, without failing
+    the command (the bundle is fine; this device's lower-precision execution is not).
     """
     from rich.table import Table
 
     from ..calibration.evaluate import METRIC_LABELS, evaluate
     from ..errors import QuantizationError
 
+    wanted = _variants(variants)
     with progress_reporter(not quiet) as rep:
         report = evaluate(bundle_dir, data=data, limit=limit, backends=parse_list(backends), allow_drop=allow_drop,
                           json_out=json_out, write=not no_write, gate_results=False, progress=rep,
-                          overwrite=overwrite, metric=metric)
+                          overwrite=overwrite, metric=metric, variants=wanted)
     kept = report.get("kept") or []
     if kept:
         sizes = sorted({k["recorded_samples"] for k in kept})
@@ -64,6 +73,9 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, no_
         for c, v in vals.items():
             rows.setdefault(key, {})[c] = v
             tiers.add(int(c))
+        for name, vr in (r.get("variants") or {}).items():  # an execution variant: a row of its own
+            vvals = vr.get("per_tier") or {str(r["cores"]): vr.get(vr.get("metric", "top1"))}
+            rows.setdefault((f"{r['precision']} {kind} in {name}", r["backend"]), {}).update(vvals)
     metric = next((r["metric"] for r in report["results"] if not r.get("reference")), "top1")
     label = METRIC_LABELS.get(metric, metric)
     t = Table(title=f"{label} on {report['dataset']} (n={report['samples']})")
@@ -76,6 +88,11 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, no_
             (lambda v: "reference" if v is None else f"{v:.5g}")
         t.add_row(prec, backend, *[fmt(vals[str(c)]) if str(c) in vals else "-" for c in sorted(tiers)])
     out.print(t)
+    vfails = report["gate"].get("variant_failures") or []
+    if vfails:
+        console.print(f"[yellow]{len(vfails)} execution variant tier(s) failed the accuracy gate here and will not be "
+                      "selected[/yellow]: " + "; ".join(vfails[:4]) + (f" (+{len(vfails) - 4} more)" if len(vfails) > 4
+                                                                     else ""), highlight=False, soft_wrap=True)
     fails = report["gate"]["failures"]
     if fails:
         raise QuantizationError("accuracy gate failed: " + "; ".join(fails[:6])
@@ -89,3 +106,20 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, no_
     else:
         out.print(f"[green]gate passed[/green]: every FP16/INT8 artifact within "
                   f"{report['gate']['max_drop_points']:g} point(s) of FP32 {label}")
+
+
+def _variants(text: str) -> bool | list[str]:
+    """``--variants``: auto -> True (native ones), none -> False, else the named ones (checked)."""
+    from ..errors import UsageError
+    from ..formats import BACKENDS
+
+    if text.strip().lower() == "auto":
+        return True
+    if text.strip().lower() == "none":
+        return False
+    names = parse_list(text) or []
+    known = sorted({v for b in BACKENDS.values() for v in b.execution_variants})
+    for n in names:
+        if n not in known:
+            raise UsageError(f"--variants: unknown execution variant {n!r}; choose from auto, none, {', '.join(known)}")
+    return names

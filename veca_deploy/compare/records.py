@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
+from typing import Any
 
 import numpy as np
 
@@ -41,3 +42,12 @@ def paired_resolution(a: np.ndarray, b: np.ndarray, z: float) -> tuple[float, fl
     diff = (only_a - only_b) / n
     var = max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n) / (n * n)
     return diff, z * math.sqrt(var)
+
+
+def variant_records(rec: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The per-variant records inside an artifact's accuracy record (``{}`` when none): each one is
+    shaped like an artifact record (metric or ``per_tier``, ``samples``, ``sample_id``,
+    ``correct``), plus ``execution`` (the variant), ``device`` (the machine that measured it) and,
+    once gated, ``gate`` (``"passed"`` or ``"failed: ..."``)."""
+    got = (rec or {}).get("variants")
+    return {k: v for k, v in got.items() if isinstance(v, dict)} if isinstance(got, dict) else {}

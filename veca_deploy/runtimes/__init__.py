@@ -5,6 +5,8 @@ Which backends exist, what they run and what installs them is :mod:`veca_deploy.
 
 from __future__ import annotations
 
+import functools
+import platform
 from importlib import import_module
 from typing import Any
 
@@ -39,20 +41,32 @@ def backend_available(backend: str) -> bool:
         return False
 
 
-def supported_variants(backend: str, device: str = "CPU") -> tuple[str, ...]:
-    """Execution variants beyond the default that this machine runs natively: OpenVINO's CPU
-    plugin reports BF16 (AVX512-BF16 or AMX) and FP16 (AVX512-FP16 / AMX-FP16, Arm) among its
-    ``OPTIMIZATION_CAPABILITIES``. Emulated precisions are not offered: they are slower."""
-    variants = BACKENDS[backend].execution_variants
-    if not variants or backend != "openvino" or not backend_available(backend):
-        return ()
+@functools.lru_cache(maxsize=None)
+def _openvino_capabilities(device: str) -> frozenset[str]:
     try:
         import openvino as ov
 
-        caps = set(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        return frozenset(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # an unknown device or an old release: no variants, never a crash
+        return frozenset()
+
+
+def supported_variants(backend: str, device: str = "CPU", precision: str | None = None) -> tuple[str, ...]:
+    """Execution variants beyond the default that this machine runs natively: OpenVINO's CPU
+    plugin reports BF16 (AVX512-BF16 or AMX) and FP16 (AVX512-FP16 / AMX-FP16, Arm) among its
+    ``OPTIMIZATION_CAPABILITIES``. Emulated precisions are not offered: they are slower.
+
+    ``precision``: the artifact's. An INT8 graph's f16 variant is offered on Arm only, where f16
+    is the plugin's own default: on x86 OpenVINO 2026.4 runs INT8 products under the f16 hint
+    through reference kernels (veca_small C=16 at 512 px on the AMX Xeon: 293 s per image
+    against 35 ms in bf16; docs/performance.md)."""
+    variants = BACKENDS[backend].execution_variants
+    if not variants or backend != "openvino" or not backend_available(backend):
         return ()
-    return tuple(v for v, cap in (("bf16", "BF16"), ("f16", "FP16")) if v in variants and cap in caps)
+    caps = _openvino_capabilities(device)
+    arm = platform.machine().lower() in ("aarch64", "arm64")
+    return tuple(v for v, cap in (("bf16", "BF16"), ("f16", "FP16")) if v in variants and cap in caps
+                 and not (precision == "int8" and v == "f16" and not arm))
 
 
 __all__ = ["BACKENDS", "FORMAT_BACKEND", "CORE_SELECT", "IMAGES", "Runner", "TensorSpec", "check_feed",

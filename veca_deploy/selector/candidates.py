@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..bundle.manifest import Artifact
-from ..bundle.reader import Bundle
+from ..bundle.reader import Bundle, record_value
+from ..compare.records import variant_records
 from ..errors import BackendUnavailable, UsageError
 from ..formats import (BACKENDS, FORMATS, backend_format, execution_precision, format_backend, variant_applies,
                        variant_options)
@@ -49,8 +50,10 @@ class Tier:
 class Candidate:
     """(artifact, tier, execution variant). A variant (e.g. OpenVINO running an FP32 IR in bf16)
     is its own candidate: gated on the golden outputs at its execution precision and timed on
-    its own; its accuracy is the artifact's, which it may claim only because that gate passed
-    (an ungated or failed variant has no timing, so it is never selected)."""
+    its own (an ungated or failed variant has no timing, so it is never selected). Its accuracy
+    is its own ``eval`` record when there is one (``accuracy["variants"]``, on the artifact's
+    images, gated against FP32: a failed one is no candidate), else the artifact's, which it may
+    claim because the golden gate passed."""
 
     artifact: Artifact
     cores: int
@@ -137,10 +140,11 @@ def is_task_score(rec: dict[str, Any]) -> bool:
     return rec.get("metric", "top1") != "cosine" and "cosine" not in rec and rec.get("higher_is_better", True) is True
 
 
-def accuracy_record(art: Artifact, cores: int) -> tuple[str, str] | None:
+def accuracy_record(art: Artifact, cores: int, rec: dict[str, Any] | None = None) -> tuple[str, str] | None:
     """``(sample_id, packed per-image correctness)`` behind the artifact's own top-1 at ``cores``
-    (written by ``eval`` and quantize's gate), or None (older bundles, the card, cosine records)."""
-    rec = art.accuracy or {}
+    (written by ``eval`` and quantize's gate), or None (older bundles, the card, cosine records).
+    ``rec``: another record of the artifact (an execution variant's) instead of its own."""
+    rec = (art.accuracy if rec is None else rec) or {}
     sid, correct = rec.get("sample_id"), rec.get("correct")
     if not isinstance(sid, str) or not isinstance(correct, dict) or not isinstance(correct.get(str(cores)), str):
         return None
@@ -160,6 +164,15 @@ def accuracy(bundle: Bundle, art: Artifact, cores: int) -> float | None:
     if acc is None and art.precision == "fp32":
         acc = card_accuracy(bundle.manifest.model, cores, art.size)
     return acc
+
+
+def variant_failed(rec: dict[str, Any], cores: int) -> bool:
+    """Whether an execution variant's eval record failed its accuracy gate at ``cores`` (every
+    tier when the record does not say which)."""
+    if not str(rec.get("gate", "")).startswith("failed"):
+        return False
+    tiers = rec.get("failed_tiers")
+    return not isinstance(tiers, list) or str(cores) in {str(t) for t in tiers}
 
 
 def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None = None) -> list[str]:
@@ -188,9 +201,13 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
     tiers/precisions. ``variants``: True = each variant this machine runs natively
     (:func:`~veca_deploy.runtimes.supported_variants`), False = none, or an explicit list."""
     formats = {backend_format(b) for b in backends}
-    native = {b: (supported_variants(b) if variants is True else
-                  () if variants is False else tuple(v for v in variants if v in BACKENDS[b].execution_variants))
-              for b in backends}
+    named = () if isinstance(variants, bool) else tuple(variants)
+
+    def native(backend: str, precision: str) -> tuple[str, ...]:
+        if variants is True:
+            return supported_variants(backend, precision=precision)
+        return tuple(v for v in named if v in BACKENDS[backend].execution_variants)
+
     out = []
     for a in bundle.artifacts:
         if a.format not in formats or (precisions and a.precision not in precisions):
@@ -201,7 +218,20 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
             acc, n = accuracy(bundle, a, c), accuracy_samples(bundle, a)
             rec = accuracy_record(a, c) if acc is not None and n else None
             out.append(Candidate(a, c, acc, None, n, rec))
-            for v in native.get(format_backend(a.format), ()):
-                if variant_applies(a.precision, v):  # a variant that changes nothing is not one
+            for v in native(format_backend(a.format), a.precision):
+                if not variant_applies(a.precision, v):  # a variant that changes nothing is not one
+                    continue
+                own = variant_records(a.accuracy).get(v)
+                if own is not None and variant_failed(own, c):
+                    continue  # failed its accuracy gate where eval measured it: never a candidate
+                if own is None or not is_task_score(own):
                     out.append(Candidate(a, c, acc, v, n, rec))
+                else:
+                    try:
+                        vacc = as_fraction(record_value(own, c, a.elastic))
+                    except (TypeError, ValueError):  # a malformed record ranks as unknown, never a crash
+                        vacc = None
+                    vn = own["samples"] if isinstance(own.get("samples"), int) and own["samples"] > 0 else None
+                    vrec = accuracy_record(a, c, own) if vacc is not None and vn else None
+                    out.append(Candidate(a, c, vacc, v, vn, vrec))
     return out

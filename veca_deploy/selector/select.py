@@ -167,8 +167,8 @@ def comparison(a: Candidate, b: Candidate) -> str:
 def tied_with(leader: Measured, m: Measured) -> bool:
     """Whether ``m`` is as accurate as ``leader`` as far as the evaluation can tell."""
     a, b = leader.cand, m.cand
-    if (a.artifact.id, a.cores) == (b.artifact.id, b.cores):
-        return True  # the same graph and tier under another (gated) execution variant
+    if (a.artifact.id, a.cores) == (b.artifact.id, b.cores) and (a.accuracy, a.record) == (b.accuracy, b.record):
+        return True  # the same graph and tier under another (gated) execution variant, no record of its own
     if a.accuracy is None or b.accuracy is None:
         return False  # nothing measured: ranked by cores / pixels / precision, no tie claimed
     paired = _paired(a, b)
