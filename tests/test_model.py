@@ -238,11 +238,29 @@ def test_graph_form_computes_the_same_numbers_and_is_undone(name, cores):
         eager = m(x, cores=cores)
         with graph_form(m):
             assert m.export_form and all(b.split_fc1 for b in m.blocks)
-            for b in m.blocks:  # folded: a bare normalisation
-                assert bool((b.norm_attn.weight == 1).all()) and bool((b.norm_ffn.bias == 0).all())
+            for b in m.blocks:  # folded: bare normalisations
+                for norm in (b.norm_attn, b.norm_ffn):
+                    assert bool((norm.weight == 1).all()) and bool((norm.bias == 0).all())
             assert not bool((m.final_norm.weight == 1).all())  # no product after it to fold into
             exported = m(x, cores=cores)
         assert not m.export_form and not any(b.split_fc1 for b in m.blocks)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     for a, b in zip(eager, exported):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_graph_form_undoes_its_fold_after_an_error_and_folds_half_precision_in_float32():
+    """An export that fails inside the graph form leaves the model as it was (flags and weights),
+    and a half-precision product after an fp32 norm (the 'norms in fp32' pattern) folds without a
+    dtype error."""
+    from veca_deploy.model.veca import graph_form
+
+    m = veca_deploy.create_model("veca_tiny").eval()
+    m.blocks[0].attn.q_proj.half()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(RuntimeError, match="export failed"):
+        with graph_form(m):
+            assert m.blocks[0].attn.q_proj.weight.dtype == torch.float16
+            raise RuntimeError("export failed")
+    assert not m.export_form and not any(b.split_fc1 for b in m.blocks)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

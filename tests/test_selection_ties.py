@@ -255,8 +255,9 @@ def test_bench_records_a_refused_variant_and_still_succeeds(copy, monkeypatch, c
     from veca_deploy.cli import main
     from veca_deploy.selector import profile as prof
 
-    cands = importlib.import_module("veca_deploy.selector.candidates")  # the module (the package exports the function)
-    monkeypatch.setattr(cands, "supported_variants", lambda b, device="CPU", precision=None: ("bf16",) if b == "openvino" else ())
+    runtimes = importlib.import_module("veca_deploy.runtimes")
+    monkeypatch.setattr(runtimes, "supported_variants",
+                        lambda b, device="CPU", precision=None: ("bf16",) if b == "openvino" else ())
 
     real = prof.golden_gate
 
@@ -386,3 +387,72 @@ def test_eval_measures_each_variant_on_the_same_images_and_select_uses_it(refere
     assert main(["eval", str(b), "--limit", "100", "--backend", "openvino", "--variants", "none", "--overwrite",
                  "-q", "--no-write", "--json", str(tmp_path / "r.json")]) == 0
     assert not any(r.get("variants") for r in json.loads((tmp_path / "r.json").read_text())["results"])
+
+
+def test_int8_f16_is_never_offered_on_x86_whatever_the_plugin_reports(monkeypatch):
+    """The rule itself, on a plugin that reports BF16 and FP16: x86 offers f16 for float IRs and
+    not for INT8 ones; Arm offers both."""
+    import platform
+
+    import veca_deploy.runtimes as rt
+
+    monkeypatch.setattr(rt, "_openvino_capabilities", lambda device: frozenset({"BF16", "FP16"}))
+    monkeypatch.setattr(rt, "backend_available", lambda b: True)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert rt.supported_variants("openvino", precision="fp32") == ("bf16", "f16")
+    assert rt.supported_variants("openvino", precision="int8") == ("bf16",)
+    assert rt.artifact_variants("openvino", "int8", True) == ("bf16",)
+    assert rt.slow_variant("openvino", "int8", "f16") and rt.slow_variant("openvino", "int8", "f16", "GPU") is None
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert rt.supported_variants("openvino", precision="int8") == ("bf16", "f16")
+
+
+def test_a_variant_that_cannot_run_is_recorded_failed_and_eval_still_succeeds(reference_bundle, tmp_path, monkeypatch):
+    """OpenVINO refusing a variant (here: an inference precision it does not know) is this device's
+    failure: eval records it for every tier, reports it, exits 0, and select never offers it."""
+    import veca_deploy.calibration.evaluate as ev
+    from veca_deploy.cli import main
+    from veca_deploy.data import fashion_mnist_available
+    from veca_deploy.selector.candidates import candidates
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    b = Path(shutil.copytree(reference_bundle, tmp_path / "ref"))
+    real = ev.variant_options
+    monkeypatch.setattr(ev, "variant_options", lambda backend, v: {"inference_precision": "int3"} if v else real(backend, v))
+    assert main(["eval", str(b), "--limit", "50", "--backend", "openvino", "--variants", "bf16", "-q",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    fails = json.loads((tmp_path / "r.json").read_text())["gate"]["variant_failures"]
+    assert fails and all("could not run" in f for f in fails)
+    art = next(a for a in Bundle.open(b).manifest.artifacts if a.format == "openvino" and not a.elastic)
+    own = art.accuracy["variants"]["bf16"]
+    assert own["error"] and own["gate"].startswith("failed") and "top1" in art.accuracy
+    keys = {c.key for c in candidates(Bundle.open(b), ["openvino"], variants=["bf16"])}
+    assert not any(k.endswith("+bf16") for k in keys) and f"{art.id}@c{art.cores}" in keys
+
+
+@needs_bf16
+def test_variant_records_follow_their_images(reference_bundle, tmp_path):
+    """A later eval that does not run a variant keeps its record only when it rests on the same
+    images; --overwrite or other images drop it, so paired comparisons never mix samples."""
+    from veca_deploy.calibration.evaluate import evaluate
+    from veca_deploy.data import fashion_mnist_available
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    b = Path(shutil.copytree(reference_bundle, tmp_path / "ref"))
+
+    def bf16_record():
+        art = next(a for a in Bundle.open(b).manifest.artifacts if a.format == "openvino" and not a.elastic)
+        return (art.accuracy.get("variants") or {}).get("bf16")
+
+    evaluate(b, limit=60, backends=["openvino"], variants=["bf16"])
+    first = bf16_record()
+    assert first and first["samples"] == 60
+    evaluate(b, limit=60, backends=["openvino"], variants=False)  # same images, no variants run: kept
+    assert bf16_record() == first
+    evaluate(b, limit=60, backends=["openvino"], variants=False, overwrite=True)
+    assert bf16_record() is None
+    evaluate(b, limit=60, backends=["openvino"], variants=["bf16"])
+    evaluate(b, limit=80, backends=["openvino"], variants=False)  # other images: dropped
+    assert bf16_record() is None

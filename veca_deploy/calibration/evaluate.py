@@ -26,13 +26,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..bundle.manifest import Artifact, Manifest
-from ..errors import QuantizationError, UsageError
+from ..errors import QuantizationError, UsageError, VecaError, first_line
 from ..preprocess import Preprocess
 from ..compare.comparator import Target, default_batch, run_outputs
-from ..compare.records import pack_hits, variant_records
+from ..compare.records import pack_hits, record_samples, variant_records
 from ..metrics import MeanAbsError, MeanIoU, Metric, PerSample, Top1
-from ..formats import BACKENDS, variant_applies, variant_options
-from ..runtimes import FORMAT_BACKEND, backend_available, supported_variants
+from ..formats import variant_options
+from ..runtimes import FORMAT_BACKEND, artifact_variants, backend_available, slow_variant
 from ..seg_data import SEG_SOURCE
 from .data import EVAL_PHOTO_SEED, PHOTOS
 
@@ -306,20 +306,23 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
                 continue
             results[art.id] = rec
             for v in execution_variants(art, variants):
-                vrec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric, v)
+                try:
+                    vrec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric, v)
+                except (VecaError, RuntimeError) as e:  # this device cannot run it: recorded, never selected
+                    from ..runtimes.fingerprint import device_id
+
+                    vrec = {"execution": v, "device": device_id(), "error": first_line(e)}
                 if vrec is not None and not vrec.get("reference"):
                     rec.setdefault("variants", {})[v] = vrec
     return results
 
 
 def execution_variants(art: Artifact, variants: bool | Sequence[str]) -> list[str]:
-    """The execution variants of ``art`` to measure: ``True`` = those this machine runs natively
-    (:func:`~veca_deploy.runtimes.supported_variants`), a list = those of it the backend has;
-    only variants that change how the artifact computes (:func:`~veca_deploy.formats.variant_applies`)."""
+    """The execution variants of ``art`` to measure here (:func:`~veca_deploy.runtimes.artifact_variants`),
+    less those this machine is known to run through reference kernels (:func:`~veca_deploy.runtimes.slow_variant`)."""
     backend = FORMAT_BACKEND[art.format]
-    names = supported_variants(backend, precision=art.precision) if variants is True else () if variants is False else \
-        [v for v in variants if v in BACKENDS[backend].execution_variants]
-    return [v for v in names if variant_applies(art.precision, v)]
+    return [v for v in artifact_variants(backend, art.precision, variants)
+            if slow_variant(backend, art.precision, v) is None]
 
 
 def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,
@@ -448,6 +451,10 @@ def gate_variants(manifest: Manifest, results: dict[str, dict[str, Any]], allow_
         for v, vrec in variant_records(rec).items():
             if art is None:
                 continue
+            if vrec.get("error"):  # could not run here: every tier fails
+                vrec["gate"] = f"failed: could not run ({vrec['error']})"
+                failures.append(f"{aid}+{v}: could not run ({vrec['error']})")
+                continue
             got = _gate_record(manifest, results, art, f"{aid}+{v}", vrec, allow_drop)
             vrec["gate"] = "failed: " + "; ".join(msg for _, msg in got) if got else "passed"
             if got:
@@ -531,7 +538,7 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
              limit: int | None = None, backends: Sequence[str] | None = None, *, allow_drop: float | None = None,
              json_out: str | os.PathLike | None = None, write: bool = True, gate_results: bool = True,
              progress: Callable[..., None] | None = None, overwrite: bool = False,
-             metric: Any = None, variants: bool | Sequence[str] = True) -> dict[str, Any]:
+             metric: Any = None, variants: bool | Sequence[str] = False) -> dict[str, Any]:
     """Measure every artifact of a bundle (its task metric, or feature cosine, per tier x precision
     x backend). ``metric``: see :func:`metric_for` (default: from the outputs and the data).
     ``data`` ``fashion-mnist`` (the default) means the model's own held-out data when its manifest
@@ -547,10 +554,11 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     sample sizes (this run's numbers are still in the report). ``overwrite=True`` records this
     run's numbers anyway.
 
-    ``variants`` (default: each execution variant this machine runs natively, e.g. OpenVINO in
-    bf16 on AMX): measured on the same images into ``accuracy["variants"]`` and gated like an
-    artifact against FP32 (:func:`gate_variants`); a failed variant is recorded and reported
-    (``gate.variant_failures``) but does not fail the run: the selector never picks it here.
+    ``variants`` (True: each execution variant this machine runs natively, e.g. OpenVINO in bf16
+    on AMX, what ``veca-deploy eval`` does by default; a list: those named; default False: none):
+    measured on the same images into ``accuracy["variants"]`` and gated like an artifact against
+    FP32 (:func:`gate_variants`); a failed variant (or one that cannot run here) is recorded and
+    reported (``gate.variant_failures``) but does not fail the run, and is never selected.
     """
     from ..bundle.io import write_manifest
     from ..bundle.reader import Bundle
@@ -578,25 +586,17 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     kept: list[dict[str, Any]] = []
     if write:
         for a in bundle.manifest.artifacts:
-            if a.id in results and not overwrite and _samples(a.accuracy) > _samples(results[a.id]):
-                kept.append({"artifact": a.id, "recorded_samples": _samples(a.accuracy),
-                             "run_samples": _samples(results[a.id])})
-                new = {v: r for v, r in variant_records(results[a.id]).items()
-                       if v not in variant_records(a.accuracy)}
-                if new:  # the larger record stays; a variant it lacks is added (its own sample count)
-                    a.accuracy = {**(a.accuracy or {}), "variants": {**variant_records(a.accuracy), **new}}
-                    kept[-1]["variants_added"] = sorted(new)
-                continue
+            if a.id in results and not overwrite and record_samples(a.accuracy) > record_samples(results[a.id]):
+                kept.append({"artifact": a.id, "recorded_samples": record_samples(a.accuracy),
+                             "run_samples": record_samples(results[a.id])})
+                continue  # the larger record stays whole, its variants' records with it
             if a.id in results:
-                old = variant_records(a.accuracy)  # variants this machine does not run keep their records
-                a.accuracy = {**results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
-                                                  and a.precision != "fp32" else {})}
-                if old:
-                    a.accuracy["variants"] = {**old, **variant_records(results[a.id])}
+                a.accuracy = merge_variant_records(a.accuracy, {
+                    **results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
+                                        and a.precision != "fp32" else {})}, overwrite)
         if allow_drop is not None:
             bundle.manifest.calibration = {**bundle.manifest.calibration, "allow_drop": allow_drop}
-        # with nothing new the manifest (and its signature) stay
-        if len(kept) < len(results) or allow_drop is not None or any(k.get("variants_added") for k in kept):
+        if len(kept) < len(results) or allow_drop is not None:  # nothing new: the manifest (and its signature) stay
             write_manifest(bundle.root, bundle.manifest)
     report = {"bundle": str(bundle.root), "dataset": ev.name, "samples": ev.samples, "skipped": skipped, "kept": kept,
               "gate": {"max_drop_points": MAX_DROP_POINTS if allow_drop is None else allow_drop,
@@ -618,6 +618,17 @@ def evaluate(bundle_dir: str | os.PathLike, data: str | os.PathLike | np.ndarray
     return report
 
 
+def merge_variant_records(old: dict[str, Any] | None, new: dict[str, Any], overwrite: bool = False
+                          ) -> dict[str, Any]:
+    """``new`` (an artifact's fresh accuracy record) keeping the variant records of ``old`` that
+    this run did not measure (another machine's variants) when they rest on the same images
+    (same ``sample_id``), so paired comparisons stay valid; ``overwrite`` keeps none."""
+    keep = {} if overwrite else {v: r for v, r in variant_records(old).items()
+                                 if v not in variant_records(new) and new.get("sample_id")
+                                 and r.get("sample_id") == new.get("sample_id")}
+    return {**new, "variants": {**keep, **variant_records(new)}} if keep else new
+
+
 def model_eval_data(manifest: Manifest, data: Any) -> Any:
     """``data``, except that the default (``fashion-mnist``) becomes the model's own held-out data
     when the manifest names one (``model.eval_data``, e.g. ``seg-fashion-mnist``)."""
@@ -637,12 +648,6 @@ def cosine_gate_data(data: Any, arts: Sequence[Artifact]) -> Any:
     if any(min(a.height, a.width) >= PHOTO_GATE_SIDE for a in arts) and photo_sources():
         return PHOTOS
     return data
-
-
-def _samples(rec: dict[str, Any] | None) -> int:
-    """Images behind an accuracy record (0: none, a reference placeholder, or unknown)."""
-    n = (rec or {}).get("samples")
-    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
 
 
 def _art(manifest: Manifest, aid: str) -> Artifact:

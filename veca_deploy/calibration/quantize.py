@@ -26,7 +26,8 @@ from ..preprocess import Preprocess
 from .data import CalibrationSet, load_calibration
 from ..seg_data import SEG_SOURCE
 from .evaluate import (DEFAULT_DATA, DEFAULT_GATE_SAMPLES, DEFAULT_SEG_SAMPLES, cosine_gate_data, cosine_gate_samples, gate,
-                       load_eval_data, measure_accuracy, metric_for, model_eval_data, references)
+                       load_eval_data, measure_accuracy, merge_variant_records, metric_for, model_eval_data,
+                       references)
 from .recipe import NNCF_PRESETS, Fp16Recipe, NncfRecipe, OrtRecipe, ort_recipe
 
 Progress = Callable[..., None]
@@ -223,9 +224,9 @@ def add_precisions(stage: Path, manifest: Manifest, plan: QuantizePlan,
                                     + (f"; {cause}" if cause else "")
                                     + " (--allow-drop X accepts a larger drop, recorded in the manifest)")
         for a in manifest.artifacts:
-            if a.id in results:
-                a.accuracy = {**results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None
-                                                  and a.id in ids else {})}
+            if a.id in results:  # variant records of the same images (an earlier eval) are kept
+                a.accuracy = merge_variant_records(a.accuracy, {
+                    **results[a.id], **({"allowed_drop": allow_drop} if allow_drop is not None and a.id in ids else {})})
         evaluation = {"dataset": ev.name, "samples": ev.samples,
                       "metrics": sorted({str(r.get("metric")) for r in results.values()}),
                       "max_drop_points": allow_drop if allow_drop

@@ -46,7 +46,7 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, var
     """
     from rich.table import Table
 
-    from ..calibration.evaluate import METRIC_LABELS, evaluate
+    from ..calibration.evaluate import METRIC_LABELS, evaluate, tier_values
     from ..errors import QuantizationError
 
     wanted = _variants(variants)
@@ -74,8 +74,9 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, var
             rows.setdefault(key, {})[c] = v
             tiers.add(int(c))
         for name, vr in (r.get("variants") or {}).items():  # an execution variant: a row of its own
-            vvals = vr.get("per_tier") or {str(r["cores"]): vr.get(vr.get("metric", "top1"))}
-            rows.setdefault((f"{r['precision']} {kind} in {name}", r["backend"]), {}).update(vvals)
+            if not vr.get("error"):  # one that could not run is listed below the table
+                rows.setdefault((f"{r['precision']} {kind} in {name}", r["backend"]), {}).update(
+                    {(str(r["cores"]) if c == "_" else c): v for c, v in tier_values(vr).items()})
     metric = next((r["metric"] for r in report["results"] if not r.get("reference")), "top1")
     label = METRIC_LABELS.get(metric, metric)
     t = Table(title=f"{label} on {report['dataset']} (n={report['samples']})")
@@ -90,9 +91,11 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, var
     out.print(t)
     vfails = report["gate"].get("variant_failures") or []
     if vfails:
-        console.print(f"[yellow]{len(vfails)} execution variant tier(s) failed the accuracy gate here and will not be "
-                      "selected[/yellow]: " + "; ".join(vfails[:4]) + (f" (+{len(vfails) - 4} more)" if len(vfails) > 4
-                                                                     else ""), highlight=False, soft_wrap=True)
+        unwritten = no_write or any(k["artifact"] in "".join(vfails) for k in kept)
+        console.print(f"[yellow]{len(vfails)} execution variant failure(s) in this run[/yellow] ("
+                      + ("not all recorded: --no-write or a larger record kept" if unwritten else
+                         "recorded; select never picks them") + "): " + "; ".join(vfails[:4])
+                      + (f" (+{len(vfails) - 4} more)" if len(vfails) > 4 else ""), highlight=False, soft_wrap=True)
     fails = report["gate"]["failures"]
     if fails:
         raise QuantizationError("accuracy gate failed: " + "; ".join(fails[:6])

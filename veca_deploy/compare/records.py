@@ -51,3 +51,9 @@ def variant_records(rec: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     once gated, ``gate`` (``"passed"`` or ``"failed: ..."``)."""
     got = (rec or {}).get("variants")
     return {k: v for k, v in got.items() if isinstance(v, dict)} if isinstance(got, dict) else {}
+
+
+def record_samples(rec: dict[str, Any] | None) -> int:
+    """Images behind an accuracy record (0: none, a reference placeholder, or unknown)."""
+    n = (rec or {}).get("samples")
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0

@@ -298,16 +298,17 @@ def graph_form(module: nn.Module) -> Iterator[nn.Module]:
     The weights are restored on leaving the block."""
     models = [m for m in module.modules() if isinstance(m, VECA)]
     blocks = [b for m in models for b in m.blocks]
-    for m in models:
-        m.export_form = True
-    for b in blocks:
-        b.split_fc1 = True
-    saved = fold_norms(blocks)
+    saved: list[tuple[Tensor, Tensor]] = []
     try:
+        for m in models:
+            m.export_form = True
+        for b in blocks:
+            b.split_fc1 = True
+        fold_norms(blocks, saved)
         yield module
     finally:
         with torch.no_grad():
-            for t, value in saved:
+            for t, value in reversed(saved):  # last change first: shared tensors end as they began
                 t.copy_(value)
         for m in models:
             m.export_form = False
@@ -315,27 +316,27 @@ def graph_form(module: nn.Module) -> Iterator[nn.Module]:
             b.split_fc1 = False
 
 
-def fold_norms(blocks: list["Block"]) -> list[tuple[Tensor, Tensor]]:
+def fold_norms(blocks: list["Block"], saved: list[tuple[Tensor, Tensor]]) -> None:
     """Fold each block's pre-norm affine into the products that read it, in place:
     ``W (n * g + s) + b == (W diag g) n + (W s + b)`` for q/k/v after ``norm_attn`` and fc1 after
     ``norm_ffn``, whose scale and shift become 1 and 0. The exported LayerNorm is then a bare
     normalisation, which OpenVINO runs as one MVN with the next product's quantize fused into it
     (veca_small C=16 at 512 px, AMX Xeon, interleaved: INT8 with bf16 floats 46.75 -> 45.93 ms,
-    FP32 IR in bf16 54.81 -> 53.19; docs/performance.md). Returns (tensor, original) pairs to
-    restore. A norm without an affine or a product without a bias is left as it is."""
-    saved: list[tuple[Tensor, Tensor]] = []
+    FP32 IR in bf16 54.81 -> 53.19; docs/performance.md). Appends (tensor, original) to ``saved``
+    before each change, so a failure half-way is undone too. Computed in float32 whatever the
+    model's dtype. A norm without an affine or a product without a bias is left as it is."""
     with torch.no_grad():
         for b in blocks:
             for norm, lins in ((b.norm_attn, (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj)), (b.norm_ffn, (b.fc1,))):
                 if getattr(norm, "weight", None) is None or getattr(norm, "bias", None) is None \
                         or any(lin.bias is None for lin in lins):
                     continue
-                g, sh = norm.weight.detach().clone(), norm.bias.detach().clone()
+                g, sh = norm.weight.detach().float(), norm.bias.detach().float()
                 for t in (norm.weight, norm.bias, *(p for lin in lins for p in (lin.weight, lin.bias))):
                     saved.append((t, t.detach().clone()))
                 for lin in lins:
-                    lin.bias.add_(lin.weight @ sh)
-                    lin.weight.mul_(g[None, :])
+                    w = lin.weight.detach().float()
+                    lin.bias.copy_((lin.bias.detach().float() + w @ sh).to(lin.bias.dtype))
+                    lin.weight.copy_((w * g[None, :]).to(lin.weight.dtype))
                 norm.weight.fill_(1.0)
                 norm.bias.zero_()
-    return saved

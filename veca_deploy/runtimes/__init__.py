@@ -8,10 +8,10 @@ from __future__ import annotations
 import functools
 import platform
 from importlib import import_module
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import BackendUnavailable, UsageError
-from ..formats import BACKENDS, FORMATS
+from ..formats import BACKENDS, FORMATS, variant_applies
 from .base import CORE_SELECT, IMAGES, Runner, TensorSpec, check_feed, core_select
 
 #: bundle format -> the backend that runs it
@@ -51,23 +51,46 @@ def _openvino_capabilities(device: str) -> frozenset[str]:
         return frozenset()
 
 
+def slow_variant(backend: str, precision: str | None, variant: str, device: str = "CPU") -> str | None:
+    """Why ``variant`` of an artifact of ``precision`` is never run on this machine's ``device``
+    although the plugin reports the precision (None: no known reason). One case: OpenVINO 2026.4
+    runs INT8 products under the f16 hint on x86 CPUs through reference kernels (veca_small C=16
+    at 512 px on the AMX Xeon: 293 s per image against 35 ms in bf16; docs/runtime.md); on Arm f16
+    is the plugin's own default."""
+    arm = platform.machine().lower() in ("aarch64", "arm64")
+    if backend == "openvino" and device == "CPU" and precision == "int8" and variant == "f16" and not arm:
+        return "OpenVINO runs INT8 products under f16 through reference kernels on x86 (minutes per image)"
+    return None
+
+
 def supported_variants(backend: str, device: str = "CPU", precision: str | None = None) -> tuple[str, ...]:
     """Execution variants beyond the default that this machine runs natively: OpenVINO's CPU
     plugin reports BF16 (AVX512-BF16 or AMX) and FP16 (AVX512-FP16 / AMX-FP16, Arm) among its
     ``OPTIMIZATION_CAPABILITIES``. Emulated precisions are not offered: they are slower.
-
-    ``precision``: the artifact's. An INT8 graph's f16 variant is offered on Arm only, where f16
-    is the plugin's own default: on x86 OpenVINO 2026.4 runs INT8 products under the f16 hint
-    through reference kernels (veca_small C=16 at 512 px on the AMX Xeon: 293 s per image
-    against 35 ms in bf16; docs/performance.md)."""
+    ``precision``: the artifact's; a variant :func:`slow_variant` names is not offered for it."""
     variants = BACKENDS[backend].execution_variants
     if not variants or backend != "openvino" or not backend_available(backend):
         return ()
     caps = _openvino_capabilities(device)
-    arm = platform.machine().lower() in ("aarch64", "arm64")
     return tuple(v for v, cap in (("bf16", "BF16"), ("f16", "FP16")) if v in variants and cap in caps
-                 and not (precision == "int8" and v == "f16" and not arm))
+                 and slow_variant(backend, precision, v, device) is None)
+
+
+def artifact_variants(backend: str, precision: str, variants: bool | Iterable[str] = True,
+                      device: str = "CPU") -> tuple[str, ...]:
+    """The execution variants that are candidates of their own for an artifact of ``precision``:
+    ``True`` = those this machine runs natively (:func:`supported_variants`), ``False`` = none, a
+    list = those of it the backend has (another device's, e.g. from its profile); only variants
+    that change how the artifact computes (:func:`~veca_deploy.formats.variant_applies`)."""
+    if variants is True:
+        names: Iterable[str] = supported_variants(backend, device, precision)
+    elif variants is False:
+        names = ()
+    else:
+        names = [v for v in variants if v in BACKENDS[backend].execution_variants]
+    return tuple(v for v in names if variant_applies(precision, v))
 
 
 __all__ = ["BACKENDS", "FORMAT_BACKEND", "CORE_SELECT", "IMAGES", "Runner", "TensorSpec", "check_feed",
-           "core_select", "create_runner", "runner_class", "backend_available", "supported_variants"]
+           "core_select", "create_runner", "runner_class", "backend_available", "supported_variants",
+           "slow_variant", "artifact_variants"]

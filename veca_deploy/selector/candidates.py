@@ -16,11 +16,11 @@ from typing import Any, Iterable
 
 from ..bundle.manifest import Artifact
 from ..bundle.reader import Bundle, record_value
-from ..compare.records import variant_records
+from ..compare.records import record_samples, variant_records
 from ..errors import BackendUnavailable, UsageError
-from ..formats import (BACKENDS, FORMATS, backend_format, execution_precision, format_backend, variant_applies,
+from ..formats import (BACKENDS, FORMATS, backend_format, execution_precision, format_backend,
                        variant_options)
-from ..runtimes import backend_available, supported_variants
+from ..runtimes import artifact_variants, backend_available
 
 PRECISION_RANK = {"fp32": 3, "fp16": 2, "bf16": 1, "int8": 0}
 
@@ -198,16 +198,10 @@ def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None 
 def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = None,
                precisions: list[str] | None = None, variants: bool | Iterable[str] = True) -> list[Candidate]:
     """Every (artifact, tier, execution variant) the bundle serves on ``backends``, filtered by
-    tiers/precisions. ``variants``: True = each variant this machine runs natively
-    (:func:`~veca_deploy.runtimes.supported_variants`), False = none, or an explicit list."""
+    tiers/precisions. ``variants``: True = each variant this machine runs natively, False = none,
+    or an explicit list (:func:`~veca_deploy.runtimes.artifact_variants`)."""
     formats = {backend_format(b) for b in backends}
-    named = () if isinstance(variants, bool) else tuple(variants)
-
-    def native(backend: str, precision: str) -> tuple[str, ...]:
-        if variants is True:
-            return supported_variants(backend, precision=precision)
-        return tuple(v for v in named if v in BACKENDS[backend].execution_variants)
-
+    named = variants if isinstance(variants, bool) else tuple(variants)
     out = []
     for a in bundle.artifacts:
         if a.format not in formats or (precisions and a.precision not in precisions):
@@ -218,9 +212,7 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
             acc, n = accuracy(bundle, a, c), accuracy_samples(bundle, a)
             rec = accuracy_record(a, c) if acc is not None and n else None
             out.append(Candidate(a, c, acc, None, n, rec))
-            for v in native(format_backend(a.format), a.precision):
-                if not variant_applies(a.precision, v):  # a variant that changes nothing is not one
-                    continue
+            for v in artifact_variants(format_backend(a.format), a.precision, named):
                 own = variant_records(a.accuracy).get(v)
                 if own is not None and variant_failed(own, c):
                     continue  # failed its accuracy gate where eval measured it: never a candidate
@@ -231,7 +223,7 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
                         vacc = as_fraction(record_value(own, c, a.elastic))
                     except (TypeError, ValueError):  # a malformed record ranks as unknown, never a crash
                         vacc = None
-                    vn = own["samples"] if isinstance(own.get("samples"), int) and own["samples"] > 0 else None
+                    vn = record_samples(own) or None
                     vrec = accuracy_record(a, c, own) if vacc is not None and vn else None
                     out.append(Candidate(a, c, vacc, v, vn, vrec))
     return out

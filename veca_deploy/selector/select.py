@@ -6,7 +6,8 @@ thermal throttling, preprocessing). Among the fitting candidates the best qualit
 (:meth:`Candidate.quality`) leads; every fitting candidate whose accuracy is within the
 evaluation's resolution of the leader's is tied with it (:func:`resolution`), and the tie goes
 to the lowest latency, then the smallest artifact. The same artifact and tier under another
-execution variant (gated on the golden outputs) is always tied with it. The decision records
+execution variant (gated on the golden outputs) is tied with it unless ``eval`` measured the
+variant on its own (then its record is compared like any other). The decision records
 why it chose, what tied and on how many images the accuracies rest.
 """
 
