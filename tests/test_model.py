@@ -253,14 +253,16 @@ def test_graph_form_undoes_its_fold_after_an_error_and_folds_half_precision_in_f
     """An export that fails inside the graph form leaves the model as it was (flags and weights),
     and a half-precision product after an fp32 norm (the 'norms in fp32' pattern) folds without a
     dtype error."""
+    from veca_deploy.model.registry import latency_weights
     from veca_deploy.model.veca import graph_form
 
-    m = veca_deploy.create_model("veca_tiny").eval()
+    m = latency_weights(veca_deploy.create_model("veca_tiny")).eval()  # norms that are not 1 and 0: a fold changes them
     m.blocks[0].attn.q_proj.half()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(RuntimeError, match="export failed"):
         with graph_form(m):
             assert m.blocks[0].attn.q_proj.weight.dtype == torch.float16
+            assert not torch.equal(before["blocks.0.attn.q_proj.weight"], m.blocks[0].attn.q_proj.weight)  # folded
             raise RuntimeError("export failed")
     assert not m.export_form and not any(b.split_fc1 for b in m.blocks)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

@@ -298,6 +298,7 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
     """
     report = progress or (lambda *a, **k: None)
     results: dict[str, dict[str, Any]] = {}
+    device: str | None = None  # this machine's id, read once, the first time a variant is measured
     with tempfile.TemporaryDirectory(prefix="veca-eval-") as tmp:
         spills: dict[tuple[int, int, int], _Spill] = {}
         for art in arts:
@@ -306,14 +307,16 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
                 continue
             results[art.id] = rec
             for v in execution_variants(art, variants):
+                if device is None:
+                    from ..runtimes.fingerprint import device_id
+
+                    device = device_id()
                 try:
                     vrec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric, v)
                 except (VecaError, RuntimeError) as e:  # this device cannot run it: recorded, never selected
-                    from ..runtimes.fingerprint import device_id
-
-                    vrec = {"execution": v, "device": device_id(), "error": first_line(e)}
+                    vrec = {"error": first_line(e)}
                 if vrec is not None and not vrec.get("reference"):
-                    rec.setdefault("variants", {})[v] = vrec
+                    rec.setdefault("variants", {})[v] = {**vrec, "execution": v, "device": device}
     return results
 
 
@@ -385,11 +388,6 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
         rec["correct"] = records
     if backend == "openvino":
         rec["inference_precision"] = variant or "f32"
-    if variant:
-        from ..runtimes.fingerprint import device_id
-
-        rec["execution"] = variant
-        rec["device"] = device_id()
     if art.elastic:
         rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}
     else:

@@ -91,7 +91,8 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, var
     out.print(t)
     vfails = report["gate"].get("variant_failures") or []
     if vfails:
-        unwritten = no_write or any(k["artifact"] in "".join(vfails) for k in kept)
+        kept_ids = {k["artifact"] for k in kept}  # failures read "<artifact>+<variant>..."
+        unwritten = no_write or any(f.split("+", 1)[0] in kept_ids for f in vfails)
         console.print(f"[yellow]{len(vfails)} execution variant failure(s) in this run[/yellow] ("
                       + ("not all recorded: --no-write or a larger record kept" if unwritten else
                          "recorded; select never picks them") + "): " + "; ".join(vfails[:4])

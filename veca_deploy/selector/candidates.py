@@ -126,8 +126,8 @@ def card_accuracy(model: dict[str, Any], cores: int, size: tuple[int, int] | Non
 def accuracy_samples(bundle: Bundle, art: Artifact) -> int | None:
     """How many images the accuracy :func:`accuracy` returns was measured on (None: unknown)."""
     rec = art.accuracy or {}
-    if is_task_score(rec) and isinstance(rec.get("samples"), int) and rec["samples"] > 0:
-        return int(rec["samples"])
+    if is_task_score(rec) and record_samples(rec):
+        return record_samples(rec)
     if art.precision == "fp32":
         n = (bundle.manifest.model or {}).get("card_samples")
         return int(n) if isinstance(n, int) and n > 0 else None
@@ -206,6 +206,7 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
     for a in bundle.artifacts:
         if a.format not in formats or (precisions and a.precision not in precisions):
             continue
+        measured = variant_records(a.accuracy)  # eval's records of its execution variants
         for c in a.tiers:
             if tiers and c not in tiers:
                 continue
@@ -213,7 +214,7 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
             rec = accuracy_record(a, c) if acc is not None and n else None
             out.append(Candidate(a, c, acc, None, n, rec))
             for v in artifact_variants(format_backend(a.format), a.precision, named):
-                own = variant_records(a.accuracy).get(v)
+                own = measured.get(v)
                 if own is not None and variant_failed(own, c):
                     continue  # failed its accuracy gate where eval measured it: never a candidate
                 if own is None or not is_task_score(own):
