@@ -29,8 +29,10 @@ import numpy as np
 #: which peak each deploy_speedup variant is held against
 VARIANT_PEAK = {"torch_fp32": "numpy/fp32", "ort_fp32": "onnxruntime/fp32", "ort_int8": "onnxruntime/int8",
                 "ort_int8_u8s8": "onnxruntime/int8", "ov_fp32": "openvino/f32", "ov_fp16": "openvino/f32",
-                "ov_int8": "openvino/int8", "ov_int8_bf16": "openvino/int8", "ov_fp32_bf16": "openvino/bf16",
-                "ov_fp32_f16": "openvino/f16"}
+                "ov_int8": "openvino/int8", "ov_int8_bf16": "openvino/int8", "ov_int8_f16": "openvino/int8",
+                "ov_fp32_bf16": "openvino/bf16", "ov_fp32_f16": "openvino/f16", "ov_fp16_bf16": "openvino/bf16",
+                "ov_fp16_f16": "openvino/f16", "ort_fp32_bf16": "onnxruntime/fp32",
+                "ort_int8_u8s8_bf16": "onnxruntime/int8", "ort_int8_bf16": "onnxruntime/int8"}
 
 
 def gemm_models(folder: Path, m: int, k: int, n: int) -> dict[str, Path]:

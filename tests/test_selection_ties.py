@@ -456,3 +456,113 @@ def test_variant_records_follow_their_images(reference_bundle, tmp_path):
     evaluate(b, limit=60, backends=["openvino"], variants=["bf16"])
     evaluate(b, limit=80, backends=["openvino"], variants=False)  # other images: dropped
     assert bf16_record() is None
+
+
+def test_variant_records_speak_for_their_device_and_cpu_family(copy):
+    """eval's variant records are the measuring machine's: an accuracy applies to CPUs of the same
+    family (x86 keeps f32 accumulation on every bf16/f16 path; Arm runs other kernels), "could not
+    run" only to the machine that tried; an offline selection asks for the profiled device."""
+    from veca_deploy.compare.records import pack_hits
+    from veca_deploy.selector.candidates import candidates, legacy_family, this_device
+
+    here, fam = this_device()
+    other = "arm" if fam != "arm" else "x86"
+    key = "openvino-fp32-c8-28x28@c8+bf16"
+    lost = np.arange(100) % 10 != 0
+    lost[1:6] = False
+    own = {"dataset": "d", "samples": 100, "metric": "top1", "top1": 0.85, "sample_id": "s",
+           "correct": {"8": pack_hits(lost)}, "execution": "bf16", "gate": "passed"}
+
+    def cand(rec: dict, device=None) -> Candidate | None:
+        _records(copy, rec)
+        got = candidates(Bundle.open(copy), ["openvino"], tiers=[8], variants=["bf16"], device=device)
+        return next((c for c in got if c.key == key), None)
+
+    assert cand({**own, "device": here, "family": fam}).accuracy == 0.85
+    assert cand({**own, "device": "another-4c-host-1a2b3c", "family": fam}).accuracy == 0.85
+    foreign = cand({**own, "device": "another-4c-host-1a2b3c", "family": other})
+    assert foreign.accuracy == 0.90 and foreign.samples == 100  # the artifact's: not measured for this family
+    failed = {"error": "OpenVINO cannot load it", "execution": "bf16", "gate": "failed: could not run",
+              "device": "another-4c-host-1a2b3c", "family": fam}
+    assert cand(failed) is not None  # another machine could not run it: this one's gate decides
+    assert cand({**failed, "device": here}) is None
+    assert cand(failed, device=("another-4c-host-1a2b3c", fam)) is None  # offline, for that machine
+    assert cand({**own, "device": "another-4c-host-1a2b3c", "family": fam, "gate": "failed: -5 points",
+                 "failed_tiers": ["8"]}) is None
+    assert legacy_family("intel-xeon-2c-x86-64-3f2a1b") == "x86"
+    assert legacy_family("nvidia-jetson-agx-orin-12c-orin-pm0-aarch64-00aa11") == "arm"
+    assert legacy_family(None) is None and legacy_family("cpu") is None
+
+
+@needs_bf16
+def test_a_variant_without_golden_outputs_is_recorded_not_timed(copy):
+    """An execution variant is served only behind its golden gate on the device: a bundle without
+    golden outputs gets it recorded with the reason, and the default run is still served."""
+    from veca_deploy.bundle.io import write_manifest
+
+    b = Bundle.open(copy)
+    b.manifest.golden = {}
+    write_manifest(copy, b.manifest)
+    sel = select(Bundle.open(copy), 1e6, backend="openvino", tiers=[8], count=3, warmup=1)
+    key = "openvino-fp32-c8-28x28@c8+bf16"
+    assert key not in {m.cand.key for m in sel.ranked} and sel.chosen.cand.variant is None
+    e = json.loads(profile_path(copy).read_text())["entries"][key]
+    assert e["timing"] is None and "no golden outputs" in e["error"]
+
+
+def test_a_compile_in_another_precision_is_refused():
+    """OpenVINO keeps f32 without a word on a CPU without native bf16: the runner refuses, so an
+    f32 run is never measured, gated or served as bf16."""
+    from veca_deploy.errors import UsageError
+    from veca_deploy.runtimes.openvino_rt import check_execution_precision
+
+    check_execution_precision("m.xml", "bf16", "bf16")
+    check_execution_precision("m.xml", None, "f16")  # nothing asked: the plugin's default
+    with pytest.raises(UsageError, match=r"^m.xml: this device does not run inference precision bf16 "
+                                         r"\(OpenVINO compiled it in f32\)$"):
+        check_execution_precision("m.xml", "bf16", "f32")
+
+
+def test_onnx_runtime_bf16_is_an_arm_variant_and_refused_elsewhere(copy, monkeypatch):
+    """ONNX Runtime's setting that changes the arithmetic: bf16 fast-math GEMMs, offered on AArch64
+    with BF16 only (float and INT8 graphs). Elsewhere ONNX Runtime would ignore the setting and run
+    f32 under the name bf16, so the runner refuses; a bench that is told to try it records the
+    refusal and serves the default run."""
+    import veca_deploy.runtimes as rt
+    from veca_deploy.cli import main
+    from veca_deploy.errors import UsageError
+    from veca_deploy.runtimes import create_runner, fingerprint
+
+    if rt.arm_bf16():
+        pytest.skip("an AArch64 CPU with BF16: the variant is real here")
+    assert rt.supported_variants("onnxruntime", precision="fp32") == ()
+    path = next(copy.glob("onnx/*c8*.onnx"))
+    with pytest.raises(UsageError, match=r"ONNX Runtime runs inference precision bf16 only as bf16 fast-math GEMMs"):
+        create_runner("onnxruntime", path, inference_precision="bf16").activate()
+    with pytest.raises(UsageError, match="inference precision f16"):
+        create_runner("onnxruntime", path, inference_precision="f16").activate()
+
+    # the offering rule on an AArch64 CPU with and without BF16 (Graviton 3 vs Jetson Orin's A78AE)
+    rt.arm_bf16.cache_clear()
+    monkeypatch.setattr(fingerprint, "cpu_family", lambda arch=None: "arm")
+    monkeypatch.setattr(fingerprint, "cpu_info", lambda cpuinfo=None: {"isa": ["neon", "asimddp", "i8mm", "bf16"]})
+    try:
+        assert rt.supported_variants("onnxruntime", precision="fp32") == ("bf16",)
+        assert rt.supported_variants("onnxruntime", precision="int8") == ("bf16",)
+        assert rt.supported_variants("onnxruntime", precision="fp16") == ()
+        rt.arm_bf16.cache_clear()
+        monkeypatch.setattr(fingerprint, "cpu_info", lambda cpuinfo=None: {"isa": ["neon", "asimddp"]})
+        assert rt.supported_variants("onnxruntime", precision="fp32") == ()
+    finally:
+        rt.arm_bf16.cache_clear()
+        monkeypatch.undo()
+
+    monkeypatch.setattr(rt, "supported_variants",
+                        lambda b, device="CPU", precision=None: ("bf16",) if b == "onnxruntime" else ())
+    assert main(["bench", str(copy), "--backend", "onnxruntime", "--tiers", "8", "--count", "3", "--warmup", "1",
+                 "--quiet"]) == 0
+    entries = json.loads(profile_path(copy).read_text())["entries"]
+    bf16 = {k: e for k, e in entries.items() if k.endswith("@c8+bf16")}
+    assert bf16 and all("fast-math" in e["error"] and e["timing"] is None for e in bf16.values())
+    sel = select(Bundle.open(copy), 1e6, backend="onnxruntime", tiers=[8], measure=False)
+    assert sel.chosen.cand.variant is None and not set(bf16) & {m.cand.key for m in sel.ranked}

@@ -33,6 +33,10 @@ def synthetic_latency(c: Candidate) -> float:
     return BASE[c.cores] + (1.0 if c.backend == "openvino" else 0.0) + (0.5 if c.artifact.elastic else 0.0)
 
 
+#: what bench records for a candidate whose golden gate passed (execution variants need one)
+PASSED_GATE = {"passed": True, "min_cosine": 1.0, "failures": []}
+
+
 def timing(lat: float, tail: float | None = None) -> dict:
     samples = [lat] * 90 + [tail if tail is not None else lat] * 10
     pct = {str(q): float(np.percentile(samples, q)) for q in PERCENTILES}
@@ -48,7 +52,7 @@ def write_profile(root: Path, latency=synthetic_latency, tails: dict[int, float]
     for c in candidates(b, ["onnxruntime", "openvino"]):
         lat = latency(c)
         prof.entries[c.key] = {"artifact": c.artifact.id, "sha256": c.artifact.sha256, "error": None,
-                               "runner_revision": runner_revision(c.backend),
+                               "runner_revision": runner_revision(c.backend), "gate": PASSED_GATE,
                                "timing": timing(lat, (tails or {}).get(c.cores))}
     return save_profile(b, prof)
 
@@ -437,3 +441,44 @@ def test_entries_from_an_older_runner_are_measured_again(tmp_path, tiny_bundle):
     fresh = veca_deploy.selector.profile.measure_candidates(b, ov[:1], count=3, warmup=0, profile=prof)
     assert fresh.entries[ov[0].key]["runner_revision"] == runner_revision("openvino")
     assert fresh.timing(ov[0]) is not None
+
+
+def test_without_a_budget_a_candidate_that_failed_here_is_not_chosen(tmp_path, tiny_bundle):
+    """``select(budget_ms=None)`` needs no timing, but a candidate whose gate failed on this device
+    (an error in its profile) or an execution variant not gated here is skipped all the same."""
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    b = Bundle.open(root)
+    for a in b.manifest.artifacts:
+        a.accuracy = {"per_tier": {str(c): {8: 0.80, 16: 0.85, 24: 0.88, 32: 0.90}[c] for c in a.tiers}}
+    write_manifest(root, b.manifest)
+    path = write_profile(root)
+    best = select(Bundle.open(root), None, backend="onnxruntime", measure=False).chosen.cand
+    assert best.cores == 32
+    d = json.loads(path.read_text())
+    d["entries"][best.key]["error"] = "wrong numbers vs the golden outputs here"
+    path.write_text(json.dumps(d))
+    sel = select(Bundle.open(root), None, backend="onnxruntime", measure=False)
+    assert sel.chosen.cand.key != best.key and any(s.startswith(best.key) for s in sel.skipped)
+    # a variant with no gate on this device is never the answer, with or without a budget
+    v = Candidate(best.artifact, best.cores, 0.99, "bf16", 100)
+    assert Profile(device="d", fingerprint={}).timing(v) is None
+
+
+def test_an_execution_variant_is_timed_only_behind_a_passed_gate():
+    """A profile entry of an execution variant counts only with a passed golden gate on the device
+    that measured it; the artifact's default run needs none (it passed its gate at export)."""
+    from veca_deploy.bundle.manifest import Artifact
+
+    a = Artifact(format="openvino", precision="fp32", cores=8, height=28, width=28, path="openvino/a.xml",
+                 sha256="0" * 64, bytes=1, id="a", tiers=[8])
+    prof = Profile(device="d", fingerprint={})
+    base, var = Candidate(a, 8, 0.9, None, 100), Candidate(a, 8, 0.9, "bf16", 100)
+    for c, gate in ((base, None), (var, None)):
+        prof.entries[c.key] = {"artifact": "a", "sha256": a.sha256, "error": None, "gate": gate,
+                               "runner_revision": runner_revision(c.backend), "threads": None, "timing": timing(1.0)}
+    assert prof.timing(base) is not None and prof.timing(var) is None
+    prof.entries[var.key]["gate"] = {"passed": False, "failures": ["x"]}
+    assert prof.timing(var) is None
+    prof.entries[var.key]["gate"] = PASSED_GATE
+    assert prof.timing(var) is not None

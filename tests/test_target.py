@@ -39,6 +39,32 @@ def test_fingerprint_names_the_isa_that_picks_kernels(text, want, absent):
     assert info["features"] == isa_features(info["isa"])
 
 
+ALDER = ("vendor_id\t: GenuineIntel\nmodel name\t: 12th Gen Intel(R) Core(TM) i7-12700\n"
+         "flags\t\t: sse4_2 avx avx2 fma f16c avx_vnni\n")
+SKYLAKE_SP = ("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6148\n"
+              "flags\t\t: sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl\n")
+
+
+@pytest.mark.parametrize("text, arch, klass", [
+    (ZEN3, "x86_64", "avx2"), (ZEN4, "x86_64", "avx512-vnni"), (SPR, "x86_64", "amx"),
+    (ALDER, "x86_64", "avx-vnni"), (SKYLAKE_SP, "x86_64", "avx512"), (GRAVITON3, "aarch64", "arm"),
+    ("flags\t\t: sse4_2\n", "x86_64", "other"),
+])
+def test_one_isa_class_for_targets_and_benchmarks(text, arch, klass):
+    """One classifier (``fingerprint.isa_class``) names the CPU class for ``--target``'s evidence
+    and for deploy_speedup's target row; each x86 class says what its scheme choice rests on."""
+    from veca_deploy.calibration.target import Target
+    from veca_deploy.runtimes.fingerprint import cpu_family, isa_class
+
+    info = cpu_info(text)
+    assert isa_class(info["isa"], arch) == klass
+    assert cpu_family(arch) == ("arm" if arch == "aarch64" else "x86")
+    if klass != "arm":
+        why = int8_choice(Target("t", "x86", tuple(info["isa"]), "name"))["onnx_why"]
+        assert why.startswith(f"x86 {klass}:")
+        assert ("not measured" in why or "assumed" in why) == (klass in ("avx-vnni", "avx512", "other"))
+
+
 def test_each_named_target_gets_the_scheme_that_is_fast_there():
     schemes = {name: int8_choice(resolve_target(name))["onnx_scheme"] for name in TARGETS}
     assert schemes == {"avx2": "u8s8", "avx512": "u8s8", "avx512-vnni": "u8s8", "amx": "u8s8",
@@ -111,8 +137,18 @@ def test_a_device_profile_is_a_target(tmp_path):
     assert (t.kind, t.origin) == ("arm", f"profile {arm}") and int8_choice(t)["onnx_scheme"] == "s8s8"
     x86 = _profile(tmp_path / "zen4.json", {"cpu": cpu_info(ZEN4) | {"arch": "x86_64"}, "gpu": None})
     assert int8_choice(resolve_target(str(x86)))["onnx_scheme"] == "u8s8"
-    orin = _profile(tmp_path / "orin.json", {"cpu": cpu_info(GRAVITON3), "gpu": {"name": "Orin"}})
+    orin = _profile(tmp_path / "orin.json", {"cpu": cpu_info(GRAVITON3), "gpu": {"gpu_name": "Orin", "integrated": True,
+                                                                                 "l4t": "36.4", "tensorrt": "10.3"}})
     assert resolve_target(str(orin)).kind == "tensorrt"
+    # a cloud host with an NVIDIA GPU but no TensorRT serves the CPU backends: INT8 for its CPU
+    gpu_host = _profile(tmp_path / "h100.json", {"cpu": cpu_info(ZEN4) | {"arch": "x86_64"},
+                                                 "gpu": {"gpu_name": "NVIDIA H100", "integrated": False,
+                                                         "tensorrt": None}, "runtimes": {"tensorrt": None}})
+    t = resolve_target(str(gpu_host))
+    assert t.kind == "x86" and int8_choice(t)["onnx_scheme"] == "u8s8"
+    with_trt = _profile(tmp_path / "h100-trt.json", {"cpu": cpu_info(ZEN4) | {"arch": "x86_64"},
+                                                     "gpu": {"gpu_name": "NVIDIA H100", "tensorrt": "10.9"}})
+    assert resolve_target(str(with_trt)).kind == "tensorrt"
 
 
 def test_bad_targets_are_one_line_usage_errors(tmp_path):

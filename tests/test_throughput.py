@@ -289,6 +289,7 @@ def write_concurrency_profile(root: Path, levels=(1, 2, 4)) -> Path:
         prof.entries[c.key] = {"artifact": c.artifact.id, "sha256": c.artifact.sha256, "backend": c.backend,
                                "runner_revision": runner_revision(c.backend),
                                "execution": c.variant, "error": None, "timing": timing(synthetic_latency(c)),
+                               "gate": {"passed": True, "min_cosine": 1.0, "failures": []},
                                "concurrency": conc}
     return save_profile(b, prof)
 

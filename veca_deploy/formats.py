@@ -53,8 +53,9 @@ class Format:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    # bf16: MLAS's bf16 fast-math GEMMs, AArch64 with BF16 only (runtimes.supported_variants)
     Backend("onnxruntime", "onnxrt", "OnnxRuntimeRunner", "onnxruntime", "veca-deploy",
-            devices=("CPU", "CUDA", "TensorRT"), thread_safe=True),
+            devices=("CPU", "CUDA", "TensorRT"), execution_variants=("bf16",), thread_safe=True),
     Backend("openvino", "openvino_rt", "OpenVINORunner", "openvino", "veca-deploy[openvino]",
             devices=("CPU", "GPU", "NPU"), parity_options={"inference_precision": "f32"},
             execution_variants=("f32", "bf16", "f16"), runner_revision=2),

@@ -32,7 +32,7 @@ from ..compare.comparator import Target, default_batch, run_outputs
 from ..compare.records import pack_hits, record_samples, variant_records
 from ..metrics import MeanAbsError, MeanIoU, Metric, PerSample, Top1
 from ..formats import variant_options
-from ..runtimes import FORMAT_BACKEND, artifact_variants, backend_available, slow_variant
+from ..runtimes import FORMAT_BACKEND, artifact_variants, backend_available, supported_variants
 from ..seg_data import SEG_SOURCE
 from .data import EVAL_PHOTO_SEED, PHOTOS
 
@@ -298,7 +298,7 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
     """
     report = progress or (lambda *a, **k: None)
     results: dict[str, dict[str, Any]] = {}
-    device: str | None = None  # this machine's id, read once, the first time a variant is measured
+    device: dict[str, str] | None = None  # this machine's id and CPU family, read once, at the first variant
     with tempfile.TemporaryDirectory(prefix="veca-eval-") as tmp:
         spills: dict[tuple[int, int, int], _Spill] = {}
         for art in arts:
@@ -308,24 +308,27 @@ def measure_accuracy(root: Path, arts: Sequence[Artifact], data: EvalData, pre: 
             results[art.id] = rec
             for v in execution_variants(art, variants):
                 if device is None:
-                    from ..runtimes.fingerprint import device_id
+                    from ..runtimes.fingerprint import cpu_family, device_id
 
-                    device = device_id()
+                    device = {"device": device_id(), "family": cpu_family()}
                 try:
                     vrec = _measure_one(root, art, data, pre, manifest, report, spills, Path(tmp), metric, v)
                 except (VecaError, RuntimeError) as e:  # this device cannot run it: recorded, never selected
                     vrec = {"error": first_line(e)}
                 if vrec is not None and not vrec.get("reference"):
-                    rec.setdefault("variants", {})[v] = {**vrec, "execution": v, "device": device}
+                    rec.setdefault("variants", {})[v] = {**vrec, "execution": v, **device}
     return results
 
 
 def execution_variants(art: Artifact, variants: bool | Sequence[str]) -> list[str]:
-    """The execution variants of ``art`` to measure here (:func:`~veca_deploy.runtimes.artifact_variants`),
-    less those this machine is known to run through reference kernels (:func:`~veca_deploy.runtimes.slow_variant`)."""
+    """The execution variants of ``art`` to measure here (:func:`~veca_deploy.runtimes.artifact_variants`):
+    of a named list too, only those this machine runs natively (:func:`~veca_deploy.runtimes.supported_variants`):
+    an accuracy is a measurement of the arithmetic that ran (OpenVINO would run f32 under the
+    name bf16 on a CPU without it, which the runner refuses), and a variant run through
+    reference kernels (:func:`~veca_deploy.runtimes.slow_variant`) is never measured."""
     backend = FORMAT_BACKEND[art.format]
-    return [v for v in artifact_variants(backend, art.precision, variants)
-            if slow_variant(backend, art.precision, v) is None]
+    native = set(supported_variants(backend, precision=art.precision))
+    return [v for v in artifact_variants(backend, art.precision, variants) if v in native]
 
 
 def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,
@@ -386,7 +389,7 @@ def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, man
     if records:  # per-image results: the selector compares two candidates on the same images (paired)
         rec["sample_id"] = sample_id(data)
         rec["correct"] = records
-    if backend == "openvino":
+    if backend == "openvino" or variant:
         rec["inference_precision"] = variant or "f32"
     if art.elastic:
         rec["per_tier"] = {k: round(v, 6) for k, v in per_tier.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..runtimes.fingerprint import device_fingerprint, isa_features
+from ..runtimes.fingerprint import device_fingerprint, isa_class, isa_features
 
 _X86 = ("sse4_2", "avx", "avx2", "fma", "f16c")
 _AVX512 = _X86 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
@@ -61,8 +61,20 @@ class Target:
                 **({"device": self.device} if self.device else {})}
 
 
+def runs_tensorrt(fp: dict[str, Any]) -> bool:
+    """Whether the device behind fingerprint ``fp`` runs INT8 as TensorRT engines: a Jetson (its
+    power mode is recorded), or an NVIDIA GPU with TensorRT installed. A workstation or cloud host
+    with a GPU but no TensorRT serves the CPU backends, so its INT8 is built for its CPU."""
+    gpu = fp.get("gpu")
+    if not gpu:
+        return False
+    jetson = isinstance(gpu, dict) and (gpu.get("l4t") or gpu.get("jetpack") or gpu.get("integrated"))
+    trt = (isinstance(gpu, dict) and gpu.get("tensorrt")) or (fp.get("runtimes") or {}).get("tensorrt")
+    return bool(fp.get("power") or jetson or trt)
+
+
 def _from_fingerprint(name: str, fp: dict[str, Any], origin: str, device: str | None) -> Target:
-    if fp.get("gpu"):  # an NVIDIA GPU / Jetson: its INT8 runs as TensorRT engines
+    if runs_tensorrt(fp):
         return Target(name, "tensorrt", tuple((fp.get("cpu") or {}).get("isa") or ()), origin, device)
     cpu = fp.get("cpu") or {}
     isa = tuple(cpu.get("isa") or ())
@@ -116,13 +128,18 @@ MEASURED = {
 }
 
 
-def _x86_class(isa: tuple[str, ...]) -> str:
-    s = set(isa)
-    if "amx_int8" in s:
-        return "amx"
-    if s & {"avx512_vnni", "avx512vnni", "avx_vnni"}:
-        return "avx512-vnni"
-    return "avx2"
+def _evidence(klass: str) -> str:
+    """What the ONNX scheme choice for x86 class ``klass`` rests on: a measurement, or the nearest
+    one and why it carries over."""
+    if klass in MEASURED:
+        return f"measured {MEASURED[klass]}"
+    if klass == "avx-vnni":
+        return ("not measured on AVX-VNNI; its vpdpbusd multiplies unsigned x signed like AVX-512 VNNI, "
+                f"where: {MEASURED['avx512-vnni']}")
+    if klass == "avx512":
+        return ("not measured on AVX-512 without VNNI; its INT8 products are vpmaddubsw (unsigned x signed) "
+                f"as on AVX2, where: {MEASURED['avx2']}")
+    return f"assumed for this CPU (no AVX2 flag seen); on AVX2: {MEASURED['avx2']}"
 
 
 #: measured NNCF presets (OpenVINO 2026.4, veca_small C=16 at 512 px, float ops in bf16; the
@@ -138,7 +155,7 @@ def nncf_preset_for(target: Target) -> tuple[str, str]:
     (asymmetric activations). VNNI's ``vpdpbusd`` multiplies unsigned x signed, so signed
     activations need a compensation there (they ran ~1.4x slower on a Zen 4, toolchain-facts):
     ``mixed`` stays until it is measured otherwise."""
-    if target.kind == "x86" and _x86_class(target.isa) == "amx":
+    if target.kind == "x86" and isa_class(target.isa) == "amx":
         return "performance", ("x86 amx: AMX multiplies signed INT8 activations natively, with no zero-point "
                                f"compensation; measured {NNCF_MEASURED}")
     if target.kind == "tensorrt":
@@ -157,11 +174,10 @@ def int8_choice(target: Target, explicit_scheme: str | None = None,
         scheme, why = "s8s8", ("TensorRT builds only signed INT8 Q/DQ with zero point 0 (U8S8's zero points are "
                                "refused: check-trt)")
     elif target.kind == "x86":
-        klass = _x86_class(target.isa)
+        klass = isa_class(target.isa)
         scheme = "u8s8"
         why = (f"x86 {klass}: ONNX Runtime fuses U8S8 Q/DQ pairs into its integer QLinearMatMul kernels "
-               f"and leaves S8S8 MatMuls as DequantizeLinear + float MatMul; measured {MEASURED[klass]}"
-               + ("" if klass == "avx2" or "avx2" in target.isa else "; assumed for this CPU (no AVX2 flag seen)"))
+               f"and leaves S8S8 MatMuls as DequantizeLinear + float MatMul; {_evidence(klass)}")
     else:
         scheme, why = "s8s8", ("Arm: ONNX Runtime's Arm kernels take signed x signed INT8 natively (NEON sdot, "
                                "I8MM), so U8S8's 7-bit weights buy nothing; not measured in this project, "
@@ -199,4 +215,4 @@ def describe_choice(choice: dict[str, Any]) -> str:
 
 
 __all__ = ["ALIASES", "HOST", "TARGETS", "Target", "describe_choice", "int8_choice", "nncf_preset_for",
-           "resolve_target"]
+           "resolve_target", "runs_tensorrt"]

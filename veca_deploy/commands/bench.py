@@ -232,7 +232,8 @@ def _plot(rows, path: Path, device: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     series: dict[str, list[int]] = {}
     for i, (c, _) in enumerate(pts):
-        series.setdefault(f"{c.artifact.precision} {c.backend}" + (" elastic" if c.artifact.elastic else ""), []).append(i)
+        series.setdefault(f"{c.artifact.precision} {c.backend}" + (" elastic" if c.artifact.elastic else "")
+                          + (f" in {c.variant}" if c.variant else ""), []).append(i)
     for label, idx in sorted(series.items()):
         ax.plot([pts[i][1] for i in idx], [ys[i] for i in idx], "o", label=label, alpha=0.8)
         for i in idx:

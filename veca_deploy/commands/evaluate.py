@@ -25,7 +25,8 @@ from .common import console, format_top1, out, parse_list, progress_reporter
               help="Accept a drop up to X points (top-1, mIoU) or an error rise up to X %% (MAE) vs FP32 (recorded).")
 @click.option("--variants", default="auto", show_default=True,
               help="Execution variants to measure as well, each on the same images and gated like an artifact: "
-                   "auto (those this machine runs natively, e.g. OpenVINO in bf16 on AMX), none, or a list (bf16,f16).")
+                   "auto (those this machine runs natively, e.g. OpenVINO in bf16 on AMX), none, or a list (bf16,f16): "
+                   "those of it this machine runs natively.")
 @click.option("--no-write", is_flag=True, help="Do not record the accuracy in the manifest.")
 @click.option("--overwrite", is_flag=True,
               help="Record this run's numbers even where the manifest holds a measurement on more images.")

@@ -47,8 +47,8 @@ def paired_resolution(a: np.ndarray, b: np.ndarray, z: float) -> tuple[float, fl
 def variant_records(rec: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The per-variant records inside an artifact's accuracy record (``{}`` when none): each one is
     shaped like an artifact record (metric or ``per_tier``, ``samples``, ``sample_id``,
-    ``correct``), plus ``execution`` (the variant), ``device`` (the machine that measured it) and,
-    once gated, ``gate`` (``"passed"`` or ``"failed: ..."``)."""
+    ``correct``), plus ``execution`` (the variant), ``device`` (the machine that measured it),
+    ``family`` (its CPU family: x86, arm) and, once gated, ``gate`` (``"passed"`` or ``"failed: ..."``)."""
     got = (rec or {}).get("variants")
     return {k: v for k, v in got.items() if isinstance(v, dict)} if isinstance(got, dict) else {}
 

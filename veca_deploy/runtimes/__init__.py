@@ -63,13 +63,29 @@ def slow_variant(backend: str, precision: str | None, variant: str, device: str 
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def arm_bf16() -> bool:
+    """Whether this is an AArch64 CPU with the BF16 extension (Graviton 3/4, Neoverse V1/V2; not
+    Jetson Orin's Cortex-A78AE): where ONNX Runtime's MLAS runs float GEMMs in bf16 on request."""
+    from .fingerprint import cpu_family, cpu_info
+
+    return cpu_family() == "arm" and "bf16" in cpu_info()["isa"]
+
+
 def supported_variants(backend: str, device: str = "CPU", precision: str | None = None) -> tuple[str, ...]:
     """Execution variants beyond the default that this machine runs natively: OpenVINO's CPU
-    plugin reports BF16 (AVX512-BF16 or AMX) and FP16 (AVX512-FP16 / AMX-FP16, Arm) among its
-    ``OPTIMIZATION_CAPABILITIES``. Emulated precisions are not offered: they are slower.
-    ``precision``: the artifact's; a variant :func:`slow_variant` names is not offered for it."""
+    plugin reports BF16 (AVX512-BF16 or AMX; some AVX2 client cores too, where the variant is
+    timed and gated like any other) and FP16 (AVX512-FP16 / AMX-FP16, Arm) among its
+    ``OPTIMIZATION_CAPABILITIES``; ONNX Runtime offers bf16 fast-math GEMMs on AArch64 with BF16
+    (:func:`arm_bf16`; float and INT8 graphs, whose float products it speeds up; it has no bf16
+    path on x86). ``precision``: the artifact's; a variant :func:`slow_variant` names is not
+    offered for it."""
     variants = BACKENDS[backend].execution_variants
-    if not variants or backend != "openvino" or not backend_available(backend):
+    if not variants or not backend_available(backend):
+        return ()
+    if backend == "onnxruntime":
+        return ("bf16",) if "bf16" in variants and precision != "fp16" and arm_bf16() else ()
+    if backend != "openvino":
         return ()
     caps = _openvino_capabilities(device)
     return tuple(v for v, cap in (("bf16", "BF16"), ("f16", "FP16")) if v in variants and cap in caps
@@ -93,4 +109,4 @@ def artifact_variants(backend: str, precision: str, variants: bool | Iterable[st
 
 __all__ = ["BACKENDS", "FORMAT_BACKEND", "CORE_SELECT", "IMAGES", "Runner", "TensorSpec", "check_feed",
            "core_select", "create_runner", "runner_class", "backend_available", "supported_variants",
-           "slow_variant", "artifact_variants"]
+           "slow_variant", "artifact_variants", "arm_bf16"]

@@ -77,6 +77,45 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
             "features": isa_features(isa)}
 
 
+def cpu_family(arch: str | None = None) -> str:
+    """``x86``, ``arm`` or the machine name (default: this machine's): the CPUs whose lower-precision
+    arithmetic is the same kind. OpenVINO's bf16/f16 execution keeps f32 accumulation on x86
+    (AVX512-BF16, AMX, AVX512-FP16) but runs through other kernels on Arm, so an accuracy measured
+    in bf16/f16 on one family says nothing about the other."""
+    a = str(platform.machine() if arch is None else arch).lower()
+    if a in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return "x86"
+    if a in ("aarch64", "arm64") or a.startswith("armv"):
+        return "arm"
+    return a or "unknown"
+
+
+#: the CPU classes the project's speed targets and INT8 choices name, from the most capable down
+ISA_CLASSES = ("amx", "avx512-vnni", "avx512", "avx-vnni", "avx2", "arm", "other")
+
+
+def isa_class(isa: Any, arch: str | None = None) -> str:
+    """One name for what a CPU multiplies fast, used by ``--target`` and the benchmarks alike:
+    ``amx`` (AMX-INT8/BF16 tiles), ``avx512-vnni`` (AVX-512 with VNNI or BF16, no AMX: Cascade/Ice
+    Lake, AMD Zen 4/5), ``avx512`` (AVX-512, no VNNI: Skylake-SP), ``avx-vnni`` (AVX2 plus the
+    256-bit VNNI of Intel client cores, no AVX-512), ``avx2``, ``arm`` or ``other``. ``isa``: raw
+    flags (``cpu_info()["isa"]``); ``arch``: the machine (default: decided by the flags alone)."""
+    have = set(isa or ())
+    if {"amx_int8", "amx_bf16"} & have:
+        return "amx"
+    if {"avx512_vnni", "avx512vnni", "avx512_bf16"} & have:
+        return "avx512-vnni"
+    if "avx512f" in have:
+        return "avx512"
+    if "avx_vnni" in have:
+        return "avx-vnni"
+    if "avx2" in have:
+        return "avx2"
+    if (arch is not None and cpu_family(arch) == "arm") or {"neon", "asimd"} & have:
+        return "arm"
+    return "other"
+
+
 def runtime_versions() -> dict[str, str | None]:
     """Installed runtime packages (metadata only: importing OpenVINO costs ~0.5 s)."""
     out: dict[str, str | None] = {}

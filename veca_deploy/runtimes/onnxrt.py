@@ -7,11 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import first_line, BackendUnavailable, BundleError
+from ..errors import first_line, BackendUnavailable, BundleError, UsageError
 from .base import Runner, TensorSpec, tiers_from_metadata
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
            "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+#: ONNX Runtime's session setting for bf16 GEMMs on AArch64 (MLAS, BF16 MMLA kernels)
+FASTMATH_BF16 = "mlas.enable_gemm_fastmath_arm64_bfloat16"
 
 
 class OnnxRuntimeRunner(Runner):
@@ -20,7 +24,9 @@ class OnnxRuntimeRunner(Runner):
     ``allow_spinning`` (False: intra-op workers block instead of spinning after each run, so
     they do not take the cores from other runtimes in the same process; default: ORT's, spinning),
     ``streams`` (K > 1: K runs in parallel on this session, each with ``max(1, threads // K)``
-    intra-op threads, ``threads`` defaulting to the usable cores; see ``runtimes/pool.py``)."""
+    intra-op threads, ``threads`` defaulting to the usable cores; see ``runtimes/pool.py``),
+    ``inference_precision`` (``bf16``: MLAS's bf16 fast-math GEMMs, on AArch64 with BF16 only;
+    refused elsewhere, where ONNX Runtime would ignore the setting and run f32 under its name)."""
 
     backend = "onnxruntime"
 
@@ -43,6 +49,14 @@ class OnnxRuntimeRunner(Runner):
         so.log_severity_level = 3
         if self.options.get("allow_spinning") is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options["allow_spinning"] else "0")
+        prec = self.options.get("inference_precision")
+        if prec not in (None, "", "f32"):
+            from . import arm_bf16
+
+            if prec != "bf16" or not arm_bf16():
+                raise UsageError(f"{self.path.name}: ONNX Runtime runs inference precision {prec} only as bf16 "
+                                 "fast-math GEMMs on AArch64 CPUs with BF16; this device has none")
+            so.add_session_config_entry(FASTMATH_BF16, "1")
         if self.options.get("profile"):
             so.enable_profiling = True
             so.profile_file_prefix = str(self.options["profile"])
@@ -89,4 +103,6 @@ class OnnxRuntimeRunner(Runner):
                 "threads": self.options.get("threads") or "default",
                 **({"streams": int(self.options["streams"])} if int(self.options.get("streams") or 1) > 1 else {}),
                 **({"allow_spinning": bool(self.options["allow_spinning"])}
-                   if self.options.get("allow_spinning") is not None else {})}
+                   if self.options.get("allow_spinning") is not None else {}),
+                **({"inference_precision": "bf16", FASTMATH_BF16: "1"}
+                   if self.options.get("inference_precision") == "bf16" else {})}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import first_line, BackendUnavailable, BundleError
+from ..errors import first_line, BackendUnavailable, BundleError, UsageError
 from .base import IMAGES, Runner, TensorSpec
 
 
@@ -58,6 +58,15 @@ def low_precision_tail(model) -> int:
                 op.get_rt_info()[_LOW_PRECISION_TAIL] = "YES"
             n += 1
     return n
+
+
+def check_execution_precision(name: str, requested: str | None, compiled: str) -> None:
+    """Refuse a compile that does not run in the precision asked for: OpenVINO's CPU plugin keeps
+    f32 without a word when the CPU lacks native bf16 (or f16), so an execution variant measured,
+    gated or served there would be the default run under another name (UsageError, exit 2)."""
+    if requested and str(requested).lower() != str(compiled).lower():
+        raise UsageError(f"{name}: this device does not run inference precision {requested} "
+                         f"(OpenVINO compiled it in {compiled})")
 
 
 class OpenVINORunner(Runner):
@@ -117,6 +126,12 @@ class OpenVINORunner(Runner):
         except Exception as e:
             msg = first_line(e)
             raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg})") from None
+        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        try:
+            check_execution_precision(self.path.name, prec, getattr(ran, "get_type_name", lambda: str(ran))())
+        except UsageError:
+            self.compiled = None
+            raise
         # the dynamic-batch model is read and compiled the first time another batch size comes (Lane)
         self.served_batch = 1 if static == "1" else None
         self._dynamic_compiled = None
@@ -132,8 +147,7 @@ class OpenVINORunner(Runner):
         declared = [set(p.get_names()) for p in model.outputs]
         self._outputs = [_output_name(p, declared[i] if i < len(declared) else set())
                          for i, p in enumerate(self.compiled.outputs)]
-        self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()},
-                         "execution_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+        self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()}, "execution_precision": str(ran)}
         if tail or tail_off:
             self.settings["low_precision_tail"] = "True" if tail else tail_off
         if static is not None:

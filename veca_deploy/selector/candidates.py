@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..bundle.manifest import Artifact
 from ..bundle.reader import Bundle, record_value
@@ -175,6 +175,36 @@ def variant_failed(rec: dict[str, Any], cores: int) -> bool:
     return not isinstance(tiers, list) or str(cores) in {str(t) for t in tiers}
 
 
+def record_applies(rec: dict[str, Any], device: str, family: str) -> bool:
+    """Whether an execution variant's eval record speaks for ``device`` (id) of CPU ``family``.
+    "Could not run" is a fact about the machine that tried (its OpenVINO, its ISA): it applies
+    there only. A measured accuracy applies to CPUs of the same family (x86: f32 accumulation on
+    every bf16/f16 path; Arm runs other kernels), where the device's own golden gate still decides
+    whether the variant is served at all (:func:`~veca_deploy.selector.profile.golden_gate`)."""
+    if rec.get("error"):
+        return rec.get("device") == device
+    fam = rec.get("family") or legacy_family(rec.get("device"))
+    return fam is None or fam == family
+
+
+def legacy_family(device: Any) -> str | None:
+    """The CPU family of a record written before ``family`` was recorded, from its device id
+    (:func:`~veca_deploy.runtimes.fingerprint.device_id` ends in the architecture and a digest)."""
+    parts = str(device or "").split("-")
+    if len(parts) >= 3 and parts[-3:-1] == ["x86", "64"]:
+        return "x86"
+    if len(parts) >= 2 and parts[-2] in ("aarch64", "arm64"):
+        return "arm"
+    return None
+
+
+def this_device() -> tuple[str, str]:
+    """(device id, CPU family) of this machine."""
+    from ..runtimes.fingerprint import cpu_family, device_id
+
+    return device_id(), cpu_family()
+
+
 def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None = None) -> list[str]:
     """``auto`` -> every backend whose library imports here (and the bundle has artifacts for);
     a name or list -> those, checked. Unknown names are a :class:`UsageError`."""
@@ -196,24 +226,37 @@ def resolve_backends(backend: str | Iterable[str] | None, bundle: Bundle | None 
 
 
 def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = None,
-               precisions: list[str] | None = None, variants: bool | Iterable[str] = True) -> list[Candidate]:
+               precisions: list[str] | None = None,
+               variants: bool | Iterable[str] | Mapping[str, Iterable[str]] = True,
+               device: tuple[str, str] | None = None) -> list[Candidate]:
     """Every (artifact, tier, execution variant) the bundle serves on ``backends``, filtered by
     tiers/precisions. ``variants``: True = each variant this machine runs natively, False = none,
-    or an explicit list (:func:`~veca_deploy.runtimes.artifact_variants`)."""
+    an explicit list, or a list per backend (what another device's profile measured; see
+    :func:`~veca_deploy.runtimes.artifact_variants`). ``device``: (id, CPU family) the selection
+    is for (default: this machine); eval's variant records count only where they apply
+    (:func:`record_applies`)."""
     formats = {backend_format(b) for b in backends}
-    named = variants if isinstance(variants, bool) else tuple(variants)
+    if isinstance(variants, Mapping):
+        per_backend = {b: tuple(v) for b, v in variants.items()}
+    else:
+        named = variants if isinstance(variants, bool) else tuple(variants)
+        per_backend = {b: named for b in BACKENDS}
     out = []
     for a in bundle.artifacts:
         if a.format not in formats or (precisions and a.precision not in precisions):
             continue
         measured = variant_records(a.accuracy)  # eval's records of its execution variants
+        if measured:
+            device = device or this_device()
+            measured = {v: r for v, r in measured.items() if record_applies(r, *device)}
         for c in a.tiers:
             if tiers and c not in tiers:
                 continue
             acc, n = accuracy(bundle, a, c), accuracy_samples(bundle, a)
             rec = accuracy_record(a, c) if acc is not None and n else None
             out.append(Candidate(a, c, acc, None, n, rec))
-            for v in artifact_variants(format_backend(a.format), a.precision, named):
+            for v in artifact_variants(format_backend(a.format), a.precision,
+                                       per_backend.get(format_backend(a.format), ())):
                 own = measured.get(v)
                 if own is not None and variant_failed(own, c):
                     continue  # failed its accuracy gate where eval measured it: never a candidate

@@ -67,6 +67,8 @@ class Profile:
         e = self.entries.get(cand.key)
         if not e or e.get("error") or not _current(e, cand) or not e.get("timing"):
             return None
+        if cand.variant and not gate_passed(e):  # an execution variant is timed only behind its gate here
+            return None
         if e.get("threads") != (int(threads) if threads else None):
             return None
         try:
@@ -82,6 +84,12 @@ class Profile:
         return {"schema": PROFILE_SCHEMA, "device": self.device, "created": self.created, "updated": self.updated,
                 "fingerprint": self.fingerprint, "entries": self.entries,
                 **({"preprocess": self.preprocess} if self.preprocess else {})}
+
+
+def gate_passed(entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` records a passed golden gate on the device that measured it."""
+    gate = entry.get("gate")
+    return isinstance(gate, dict) and gate.get("passed") is True
 
 
 def runner_revision(backend: str) -> int:
@@ -292,7 +300,9 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
     start is recorded on its first tier). A candidate whose backend is missing is skipped; one
     that fails to load, computes numbers that fail its precision's gate against the bundle's golden
     outputs *on this device with these runner settings*, or fails the output sanity check is
-    recorded with its error, so the selector never picks it and the bench table shows why.
+    recorded with its error, so the selector never picks it and the bench table shows why. An
+    execution variant needs the golden outputs of its tier: without them it is recorded with an
+    error, never timed ungated (the artifact itself passed its gate at export).
 
     The runs are spread over ``passes`` passes over all candidates, the order reversed each pass
     (A B C, C B A, ...; within an elastic artifact's tiers too), each runner opened and closed in its pass, so one runner is in memory at
@@ -349,6 +359,10 @@ def measure_candidates(bundle: Bundle, cands: Iterable[Candidate], *, count: int
                     try:
                         if p == 0:
                             gate = gates[c.key] = golden_gate(runner, golden, c)
+                            if gate is None and c.variant:
+                                raise BundleError(f"{art.id} C={c.cores} in {c.variant}: the bundle carries no golden "
+                                                  "outputs at this tier, and an execution variant is served only "
+                                                  "after its gate on them (re-export with this veca-deploy)")
                             if gate is not None and not gate["passed"]:
                                 raise BundleError(f"{art.id} C={c.cores}: wrong numbers vs the golden outputs here: "
                                                   + "; ".join(gate["failures"][:2]))

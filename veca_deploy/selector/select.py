@@ -97,9 +97,10 @@ def check_budget(budget_ms: float | None, percentile: float, margin: float) -> N
         raise UsageError(f"margin must be in [0, 1), got {margin!r}")
 
 
-def _profiled(profile: Profile, backend: Any) -> tuple[list[str], list[str]]:
-    """(backends, execution variants) the device behind ``profile`` measured; ``backend`` other
-    than auto narrows the backends (names are checked, availability here is irrelevant)."""
+def _profiled(profile: Profile, backend: Any) -> tuple[list[str], dict[str, list[str]]]:
+    """(backends, execution variants per backend) the device behind ``profile`` measured;
+    ``backend`` other than auto narrows the backends (names are checked, availability here is
+    irrelevant)."""
     from ..formats import BACKENDS
 
     seen = [e.get("backend") for e in profile.entries.values() if isinstance(e, dict)]
@@ -110,9 +111,22 @@ def _profiled(profile: Profile, backend: Any) -> tuple[list[str], list[str]]:
             if b not in BACKENDS:
                 raise UsageError(f"unknown backend {b!r}; choose from auto, {', '.join(BACKENDS)}")
         have = [b for b in names if b in have]
-    variants = sorted({str(e["execution"]) for e in profile.entries.values()
-                       if isinstance(e, dict) and e.get("execution")})
-    return have, variants
+    variants: dict[str, list[str]] = {}
+    for e in profile.entries.values():
+        if isinstance(e, dict) and e.get("execution") and e.get("backend") in have:
+            variants.setdefault(e["backend"], [])
+            if str(e["execution"]) not in variants[e["backend"]]:
+                variants[e["backend"]].append(str(e["execution"]))
+    return have, {b: sorted(v) for b, v in variants.items()}
+
+
+def profile_device(profile: Profile) -> tuple[str, str]:
+    """(device id, CPU family) of the machine that measured ``profile``: whose eval records apply
+    in an offline selection for it (:func:`~veca_deploy.selector.candidates.record_applies`)."""
+    from ..runtimes.fingerprint import cpu_family
+
+    arch = ((profile.fingerprint or {}).get("cpu") or {}).get("arch")
+    return profile.device, cpu_family(arch) if arch else "unknown"
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -199,7 +213,8 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
            profile: Profile | None = None, measure: bool = True, count: int = 50, warmup: int = 5,
            threads: int | None = None, progress: Callable[..., None] | None = None,
            offline: bool = False, input_size: Any = None, time_limit_s: float | None = None) -> Selection:
-    """Choose a candidate for ``budget_ms`` (None: the most accurate, no profile needed).
+    """Choose a candidate for ``budget_ms`` (None: the most accurate, no profile needed; a candidate
+    that failed on this device, or an execution variant not gated here yet, is skipped then too).
 
     Candidates missing from this device's profile are measured first (with the shared harness)
     and the profile is saved into the bundle; ``measure=False`` refuses instead.
@@ -221,7 +236,7 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
         backends, variants = _profiled(profile, backend)
     else:
         backends, variants = resolve_backends(backend, bundle), True
-    cands = candidates(bundle, backends, tiers, precisions, variants)
+    cands = candidates(bundle, backends, tiers, precisions, variants, profile_device(profile) if offline else None)
     if not cands:
         raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
                          + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
@@ -261,10 +276,11 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
     for c in cands:
         t = profile.timing(c, threads) if profile is not None else None
         if t is None:
-            if budget_ms is None:
-                measured.append(Measured(c, math.nan))
-            else:
-                skipped.append(f"{c.key}: {(profile.error(c) if profile else None) or 'not measured'}")
+            err = profile.error(c) if profile is not None else None
+            if budget_ms is None and err is None and not c.variant:
+                measured.append(Measured(c, math.nan))  # no budget: an artifact needs no timing to be chosen
+            else:  # failed here, or an execution variant not yet gated on this device
+                skipped.append(f"{c.key}: {err or ('not gated here (run veca-deploy bench)' if c.variant and budget_ms is None else 'not measured')}")
             continue
         measured.append(Measured(c, t.percentile(percentile)))
     if not measured:

@@ -33,7 +33,7 @@ from ..runtimes.timing import Timing
 from .candidates import Candidate, candidates, resolve_backends
 from .profile import (CONCURRENCY_KEY, Profile, _describe, _now, carry_concurrency, example_feed, load_profile,
                       measure_candidates, runner_options, save_profile)
-from .select import Measured, Selection, _profiled, check_budget, decide, rank
+from .select import Measured, Selection, _profiled, check_budget, decide, profile_device, rank
 
 Progress = Callable[..., None]
 
@@ -268,7 +268,7 @@ def select_workload(bundle: Bundle, streams: int, fps: float, budget_ms: float |
         backends, variants = _profiled(profile, backend)
     else:
         backends, variants = resolve_backends(backend, bundle), True
-    cands = candidates(bundle, backends, tiers, precisions, variants)
+    cands = candidates(bundle, backends, tiers, precisions, variants, profile_device(profile) if offline else None)
     if not cands:
         raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
                          + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
