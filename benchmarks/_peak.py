@@ -31,7 +31,7 @@ VARIANT_PEAK = {"torch_fp32": "numpy/fp32", "ort_fp32": "onnxruntime/fp32", "ort
                 "ort_int8_u8s8": "onnxruntime/int8", "ov_fp32": "openvino/f32", "ov_fp16": "openvino/f32",
                 "ov_int8": "openvino/int8", "ov_int8_bf16": "openvino/int8", "ov_int8_f16": "openvino/int8",
                 "ov_fp32_bf16": "openvino/bf16", "ov_fp32_f16": "openvino/f16", "ov_fp16_bf16": "openvino/bf16",
-                "ov_fp16_f16": "openvino/f16", "ort_fp32_bf16": "onnxruntime/fp32",
+                "ov_fp16_f16": "openvino/f16", "ort_fp32_bf16": "onnxruntime/bf16",
                 "ort_int8_u8s8_bf16": "onnxruntime/int8", "ort_int8_bf16": "onnxruntime/int8"}
 
 
@@ -70,7 +70,7 @@ def measure_peaks(m: int, k: int, n: int, *, threads: int | None, ort_options: d
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``{"shape", "gflop", "peaks": {key: {"gflops", "median_ms", ...}}}`` for every key the CPU
     and the installed backends support, timed interleaved with the project's harness."""
-    from veca_deploy.runtimes import backend_available, create_runner
+    from veca_deploy.runtimes import backend_available, create_runner, supported_variants
     from veca_deploy.runtimes.timing import interleaved
 
     flop = 2.0 * m * k * n
@@ -81,6 +81,9 @@ def measure_peaks(m: int, k: int, n: int, *, threads: int | None, ort_options: d
         files = gemm_models(Path(tmp), m, k, n)
         runners: dict[str, Any] = {"onnxruntime/fp32": create_runner("onnxruntime", files["fp32"], **ort_options),
                                    "onnxruntime/int8": create_runner("onnxruntime", files["int8"], **ort_options)}
+        if "bf16" in supported_variants("onnxruntime", precision="fp32"):  # Arm with BF16: fast-math GEMMs
+            runners["onnxruntime/bf16"] = create_runner("onnxruntime", files["fp32"], inference_precision="bf16",
+                                                        **ort_options)
         if backend_available("openvino"):
             thr = {"threads": threads} if threads else {}
             for prec in ov_precisions:

@@ -211,7 +211,8 @@ def main(argv=None) -> dict:
     cpu = fp.get("cpu") or {}
     result = cm.header(fp, benchmark=NAME, smoke=a.smoke, target_ratio=TARGET,
                        isa=cpu.get("features") or cpu.get("isa") or [],
-                       openvino_variants=list(supported_variants("openvino")), threads=a.threads,
+                       openvino_variants=list(supported_variants("openvino")),
+                       onnxruntime_variants=list(supported_variants("onnxruntime")), threads=a.threads,
                        percentile=a.percentile, margin=a.margin, bench_count=a.count)
     cm.log(f"machine: {result['machine']}")
     commands: list[dict] = []
@@ -307,8 +308,10 @@ def _acc(v: float | None, n: int | None) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     ev = r["evaluation"]
+    ort = r.get("onnxruntime_variants") or []
     out = [(f"Machine: {r['machine']} (OpenVINO execution variants here: "
-           f"{', '.join(r['openvino_variants']) or 'none'}). Bundle: the quickstart bundle "
+           f"{', '.join(r['openvino_variants']) or 'none'}"
+           + (f"; ONNX Runtime: {', '.join(ort)}" if ort else "") + "). Bundle: the quickstart bundle "
            f"({'exported by this run' if r['bundle']['exported'] else r['bundle']['path']}); "
            f"accuracies from the manifest ({'after `veca-deploy eval`' if ev['ran'] else 'no eval needed'}; "
            f"samples {ev['samples']}, per-image records for {ev['per_image_records']} of {ev['candidates']} "

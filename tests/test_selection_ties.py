@@ -420,6 +420,9 @@ def test_a_variant_that_cannot_run_is_recorded_failed_and_eval_still_succeeds(re
     b = Path(shutil.copytree(reference_bundle, tmp_path / "ref"))
     real = ev.variant_options
     monkeypatch.setattr(ev, "variant_options", lambda backend, v: {"inference_precision": "int3"} if v else real(backend, v))
+    # any CPU: the plugin is taken to report bf16 (eval measures named variants only where native)
+    monkeypatch.setattr(ev, "supported_variants",
+                        lambda b, device="CPU", precision=None: ("bf16",) if b == "openvino" else ())
     assert main(["eval", str(b), "--limit", "50", "--backend", "openvino", "--variants", "bf16", "-q",
                  "--json", str(tmp_path / "r.json")]) == 0
     fails = json.loads((tmp_path / "r.json").read_text())["gate"]["variant_failures"]
@@ -523,26 +526,13 @@ def test_a_compile_in_another_precision_is_refused():
         check_execution_precision("m.xml", "bf16", "f32")
 
 
-def test_onnx_runtime_bf16_is_an_arm_variant_and_refused_elsewhere(copy, monkeypatch):
-    """ONNX Runtime's setting that changes the arithmetic: bf16 fast-math GEMMs, offered on AArch64
-    with BF16 only (float and INT8 graphs). Elsewhere ONNX Runtime would ignore the setting and run
-    f32 under the name bf16, so the runner refuses; a bench that is told to try it records the
-    refusal and serves the default run."""
+def test_onnx_runtime_bf16_is_offered_on_arm_with_bf16_only(monkeypatch):
+    """ONNX Runtime's setting that changes the arithmetic, bf16 fast-math GEMMs: offered on AArch64
+    with BF16 (Graviton 3 yes, Jetson Orin's A78AE no), for float and INT8 graphs, on the CPU provider."""
     import veca_deploy.runtimes as rt
-    from veca_deploy.cli import main
-    from veca_deploy.errors import UsageError
-    from veca_deploy.runtimes import create_runner, fingerprint
+    from veca_deploy.runtimes import fingerprint
 
-    if rt.arm_bf16():
-        pytest.skip("an AArch64 CPU with BF16: the variant is real here")
-    assert rt.supported_variants("onnxruntime", precision="fp32") == ()
-    path = next(copy.glob("onnx/*c8*.onnx"))
-    with pytest.raises(UsageError, match=r"ONNX Runtime runs inference precision bf16 only as bf16 fast-math GEMMs"):
-        create_runner("onnxruntime", path, inference_precision="bf16").activate()
-    with pytest.raises(UsageError, match="inference precision f16"):
-        create_runner("onnxruntime", path, inference_precision="f16").activate()
-
-    # the offering rule on an AArch64 CPU with and without BF16 (Graviton 3 vs Jetson Orin's A78AE)
+    monkeypatch.setattr(rt, "backend_available", lambda b: True)
     rt.arm_bf16.cache_clear()
     monkeypatch.setattr(fingerprint, "cpu_family", lambda arch=None: "arm")
     monkeypatch.setattr(fingerprint, "cpu_info", lambda cpuinfo=None: {"isa": ["neon", "asimddp", "i8mm", "bf16"]})
@@ -550,13 +540,39 @@ def test_onnx_runtime_bf16_is_an_arm_variant_and_refused_elsewhere(copy, monkeyp
         assert rt.supported_variants("onnxruntime", precision="fp32") == ("bf16",)
         assert rt.supported_variants("onnxruntime", precision="int8") == ("bf16",)
         assert rt.supported_variants("onnxruntime", precision="fp16") == ()
+        assert rt.supported_variants("onnxruntime", "CUDA", precision="fp32") == ()
         rt.arm_bf16.cache_clear()
         monkeypatch.setattr(fingerprint, "cpu_info", lambda cpuinfo=None: {"isa": ["neon", "asimddp"]})
         assert rt.supported_variants("onnxruntime", precision="fp32") == ()
+        rt.arm_bf16.cache_clear()
+        monkeypatch.setattr(fingerprint, "cpu_family", lambda arch=None: "x86")
+        monkeypatch.setattr(fingerprint, "cpu_info", lambda cpuinfo=None: {"isa": ["avx2", "avx512_bf16", "amx_bf16"]})
+        assert rt.supported_variants("onnxruntime", precision="fp32") == ()  # no bf16 path on x86
     finally:
         rt.arm_bf16.cache_clear()
-        monkeypatch.undo()
 
+
+def test_onnx_runtime_bf16_is_refused_where_it_would_not_run(copy, monkeypatch):
+    """Off AArch64-with-BF16 (or with a GPU provider) ONNX Runtime would ignore the setting and run
+    f32 under the name bf16, so the runner refuses in one line; a bench told to try the variant
+    records the refusal and serves the default run."""
+    import veca_deploy.runtimes as rt
+    from veca_deploy.cli import main
+    from veca_deploy.errors import UsageError
+    from veca_deploy.runtimes import create_runner
+
+    path = next(copy.glob("onnx/*c8*.onnx"))
+    with pytest.raises(UsageError, match=r"inference precision f16 .*offers no other inference precision"):
+        create_runner("onnxruntime", path, inference_precision="f16").activate()
+    with monkeypatch.context() as m:
+        m.setattr(rt, "arm_bf16", lambda: True)
+        with pytest.raises(UsageError, match=r"CPU-provider setting, and this runner uses CPUExecutionProvider, CUDAExecutionProvider"):
+            create_runner("onnxruntime", path, inference_precision="bf16",
+                          providers=["CUDAExecutionProvider", "CPUExecutionProvider"]).activate()
+    if rt.arm_bf16():
+        pytest.skip("an AArch64 CPU with BF16: the variant runs here")
+    with pytest.raises(UsageError, match=r"bf16 only as bf16 fast-math GEMMs .*this CPU is not AArch64 with BF16"):
+        create_runner("onnxruntime", path, inference_precision="bf16").activate()
     monkeypatch.setattr(rt, "supported_variants",
                         lambda b, device="CPU", precision=None: ("bf16",) if b == "onnxruntime" else ())
     assert main(["bench", str(copy), "--backend", "onnxruntime", "--tiers", "8", "--count", "3", "--warmup", "1",
@@ -566,3 +582,26 @@ def test_onnx_runtime_bf16_is_an_arm_variant_and_refused_elsewhere(copy, monkeyp
     assert bf16 and all("fast-math" in e["error"] and e["timing"] is None for e in bf16.values())
     sel = select(Bundle.open(copy), 1e6, backend="onnxruntime", tiers=[8], measure=False)
     assert sel.chosen.cand.variant is None and not set(bf16) & {m.cand.key for m in sel.ranked}
+
+
+def test_a_refusal_here_does_not_erase_another_machines_measurement():
+    """One record per variant name: a fresh measurement replaces the old one, but "could not run"
+    on this machine keeps another machine's measured accuracy (on the same images)."""
+    from veca_deploy.calibration.evaluate import merge_variant_records
+    from veca_deploy.selector.select import profile_device
+    from veca_deploy.selector.profile import Profile
+
+    measured = {"top1": 0.9, "sample_id": "s", "device": "xeon-2c-x86-64-aaaaaa", "family": "x86"}
+    refused = {"error": "cannot compile", "sample_id": "s", "device": "zen3-2c-x86-64-bbbbbb", "family": "x86"}
+    again = {"top1": 0.8, "sample_id": "s", "device": "zen4-2c-x86-64-cccccc", "family": "x86"}
+    old = {"top1": 0.9, "sample_id": "s", "variants": {"bf16": measured}}
+    assert merge_variant_records(old, {"top1": 0.9, "sample_id": "s", "variants": {"bf16": refused}})[
+        "variants"]["bf16"] == measured
+    assert merge_variant_records(old, {"top1": 0.9, "sample_id": "s", "variants": {"bf16": again}})[
+        "variants"]["bf16"] == again
+    assert merge_variant_records(old, {"top1": 0.9, "sample_id": "s", "variants": {"bf16": refused}},
+                                 overwrite=True)["variants"]["bf16"] == refused
+    # an offline selection for a profile that names no architecture: its id, else "unknown" (applies)
+    assert profile_device(Profile(device="orin-12c-aarch64-00aa11", fingerprint={})) == ("orin-12c-aarch64-00aa11",
+                                                                                        "arm")
+    assert profile_device(Profile(device="handmade", fingerprint={}))[1] == "unknown"

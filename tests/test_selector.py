@@ -434,7 +434,9 @@ def test_entries_from_an_older_runner_are_measured_again(tmp_path, tiny_bundle):
     assert all(prof.timing(c) is None for c in ov) and all(prof.timing(c) is not None for c in ort)
     prof.entries[ov[0].key]["error"] = "refused by the old runner"
     assert prof.error(ov[0]) is None  # an old refusal is tried again too
-    with pytest.raises(BudgetError, match=rf"{len(ov)} timed by an older veca-deploy runner"):
+    # the artifacts' own runs must be timed (a variant the profile lacks is skipped, never refused)
+    own = [c for c in ov if not c.variant]
+    with pytest.raises(BudgetError, match=rf"covering {len(own)} candidate\(s\) \({len(own)} timed by an older"):
         select(b, 10, backend="openvino", measure=False)
     assert select(b, 10, backend="onnxruntime", measure=False).chosen.cand.backend == "onnxruntime"
     # measured again, the entry carries today's revision and counts
@@ -460,9 +462,38 @@ def test_without_a_budget_a_candidate_that_failed_here_is_not_chosen(tmp_path, t
     path.write_text(json.dumps(d))
     sel = select(Bundle.open(root), None, backend="onnxruntime", measure=False)
     assert sel.chosen.cand.key != best.key and any(s.startswith(best.key) for s in sel.skipped)
-    # a variant with no gate on this device is never the answer, with or without a budget
-    v = Candidate(best.artifact, best.cores, 0.99, "bf16", 100)
-    assert Profile(device="d", fingerprint={}).timing(v) is None
+
+
+def test_a_variant_not_gated_on_the_device_is_skipped_with_or_without_a_budget(tmp_path, tiny_bundle, monkeypatch):
+    """Offline, for a device whose profile times an OpenVINO bf16 variant faster than anything but
+    records no passed gate for it: never chosen, and a profile that lacks a variant entirely (older
+    than the variant) still serves its artifacts with --no-measure instead of refusing."""
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    b = Bundle.open(root)
+    fp = device_fingerprint()
+    prof = Profile(device="another-device", fingerprint=fp)
+    base = [c for c in candidates(b, ["openvino"], variants=False)]
+    for c in base + [Candidate(c.artifact, c.cores, c.accuracy, "bf16", c.samples) for c in base]:
+        prof.entries[c.key] = {"artifact": c.artifact.id, "sha256": c.artifact.sha256, "backend": c.backend,
+                               "execution": c.variant, "error": None, "runner_revision": runner_revision(c.backend),
+                               "threads": None, "timing": timing(0.1 if c.variant else synthetic_latency(c)),
+                               "gate": None if c.variant else PASSED_GATE}
+    for budget in (None, 100):
+        sel = select(b, budget, profile=prof, offline=True, backend="openvino")
+        assert sel.chosen.cand.variant is None
+        assert {s.split(":")[0] for s in sel.skipped} >= {k for k in prof.entries if k.endswith("+bf16")}
+    # this device offers bf16, but its profile predates the variant: --no-measure serves the artifacts
+    import veca_deploy.runtimes as rt
+
+    monkeypatch.setattr(rt, "supported_variants", lambda b, device="CPU", precision=None: ("bf16",) if b == "openvino" else ())
+    for k in [k for k in prof.entries if k.endswith("+bf16")]:
+        del prof.entries[k]
+    prof.device = device_id(fp)
+    save_profile(b, prof)
+    sel = select(Bundle.open(root), 100, backend="openvino", measure=False)
+    assert sel.chosen.cand.variant is None
+    assert any(s.endswith("+bf16: not gated here (run veca-deploy bench)") for s in sel.skipped)
 
 
 def test_an_execution_variant_is_timed_only_behind_a_passed_gate():

@@ -48,7 +48,7 @@ SKYLAKE_SP = ("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 61
 @pytest.mark.parametrize("text, arch, klass", [
     (ZEN3, "x86_64", "avx2"), (ZEN4, "x86_64", "avx512-vnni"), (SPR, "x86_64", "amx"),
     (ALDER, "x86_64", "avx-vnni"), (SKYLAKE_SP, "x86_64", "avx512"), (GRAVITON3, "aarch64", "arm"),
-    ("flags\t\t: sse4_2\n", "x86_64", "other"),
+    ("flags\t\t: sse4_2\n", "x86_64", "other"), ("Features\t: fp asimd\n", None, "arm"),
 ])
 def test_one_isa_class_for_targets_and_benchmarks(text, arch, klass):
     """One classifier (``fingerprint.isa_class``) names the CPU class for ``--target``'s evidence
@@ -56,9 +56,12 @@ def test_one_isa_class_for_targets_and_benchmarks(text, arch, klass):
     from veca_deploy.calibration.target import Target
     from veca_deploy.runtimes.fingerprint import cpu_family, isa_class
 
-    info = cpu_info(text)
+    info = cpu_info(text)  # parsed text: the same flags on any host
     assert isa_class(info["isa"], arch) == klass
+    if arch is None:
+        return
     assert cpu_family(arch) == ("arm" if arch == "aarch64" else "x86")
+    assert isa_class(info["isa"] + ["neon"], "x86_64") != "arm" and isa_class(["avx2"], "aarch64") == "arm"
     if klass != "arm":
         why = int8_choice(Target("t", "x86", tuple(info["isa"]), "name"))["onnx_why"]
         assert why.startswith(f"x86 {klass}:")

@@ -327,8 +327,11 @@ def execution_variants(art: Artifact, variants: bool | Sequence[str]) -> list[st
     name bf16 on a CPU without it, which the runner refuses), and a variant run through
     reference kernels (:func:`~veca_deploy.runtimes.slow_variant`) is never measured."""
     backend = FORMAT_BACKEND[art.format]
+    named = artifact_variants(backend, art.precision, variants)
+    if not named:
+        return []
     native = set(supported_variants(backend, precision=art.precision))
-    return [v for v in artifact_variants(backend, art.precision, variants) if v in native]
+    return [v for v in named if v in native]
 
 
 def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,
@@ -623,11 +626,16 @@ def merge_variant_records(old: dict[str, Any] | None, new: dict[str, Any], overw
                           ) -> dict[str, Any]:
     """``new`` (an artifact's fresh accuracy record) keeping the variant records of ``old`` that
     this run did not measure (another machine's variants) when they rest on the same images
-    (same ``sample_id``), so paired comparisons stay valid; ``overwrite`` keeps none."""
+    (same ``sample_id``), so paired comparisons stay valid; ``overwrite`` keeps none. One record
+    per variant name: a fresh measurement replaces the old one (whatever machine made it), but a
+    "could not run" here does not replace another machine's measured accuracy (this machine's
+    refusal is its own: its runner refuses again, and bench records that in its profile)."""
+    fresh = variant_records(new)
     keep = {} if overwrite else {v: r for v, r in variant_records(old).items()
-                                 if v not in variant_records(new) and new.get("sample_id")
-                                 and r.get("sample_id") == new.get("sample_id")}
-    return {**new, "variants": {**keep, **variant_records(new)}} if keep else new
+                                 if new.get("sample_id") and r.get("sample_id") == new.get("sample_id")
+                                 and (v not in fresh or (fresh[v].get("error") and not r.get("error")
+                                                         and r.get("device") != fresh[v].get("device")))}
+    return {**new, "variants": {**fresh, **keep}} if keep else new
 
 
 def model_eval_data(manifest: Manifest, data: Any) -> Any:

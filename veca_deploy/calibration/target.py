@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..runtimes.fingerprint import device_fingerprint, isa_class, isa_features
+from ..runtimes.fingerprint import cpu_family, device_fingerprint, isa_class, isa_features
 
 _X86 = ("sse4_2", "avx", "avx2", "fma", "f16c")
 _AVX512 = _X86 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
@@ -79,9 +79,10 @@ def _from_fingerprint(name: str, fp: dict[str, Any], origin: str, device: str | 
     cpu = fp.get("cpu") or {}
     isa = tuple(cpu.get("isa") or ())
     arch = str(cpu.get("arch") or "").lower()
-    if arch in ("aarch64", "arm64") or "neon" in isa or "asimd" in isa:
+    family = cpu_family(arch) if arch else None
+    if family == "arm" or (family is None and ("neon" in isa or "asimd" in isa)):
         kind = "arm"
-    elif arch in ("x86_64", "amd64", "x86", "i686") or "avx2" in isa or "sse4_2" in isa:
+    elif family == "x86" or (family is None and ("avx2" in isa or "sse4_2" in isa)):
         kind = "x86"
     else:
         raise UsageError(f"--target {name}: cannot tell the CPU kind from the fingerprint (arch {arch or 'unknown'}, "

@@ -142,7 +142,7 @@ def command(bundle, backend, tiers, precisions, count, duration, warmup, threads
     failed = [(c, e) for c, e in rows if e is not None and e.get("error")]
     if not measured:
         raise UsageError("no candidate could run here (backend libraries missing?)")
-    # an execution variant (OpenVINO running a graph in bf16/f16) is an option of this runtime, not
+    # an execution variant (OpenVINO running a graph in bf16/f16, ONNX Runtime's bf16 GEMMs on Arm) is an option of this runtime, not
     # part of the bundle: one this device cannot compile or that fails its gate here is recorded and
     # never selected, but the bundle is fine. A failing artifact in its own precision is an error.
     broken = {(c.artifact.id, c.cores) for c, _ in failed if not c.variant}

@@ -6,7 +6,6 @@ Which backends exist, what they run and what installs them is :mod:`veca_deploy.
 from __future__ import annotations
 
 import functools
-import platform
 from importlib import import_module
 from typing import Any, Iterable
 
@@ -57,8 +56,9 @@ def slow_variant(backend: str, precision: str | None, variant: str, device: str 
     runs INT8 products under the f16 hint on x86 CPUs through reference kernels (veca_small C=16
     at 512 px on the AMX Xeon: 293 s per image against 35 ms in bf16; docs/runtime.md); on Arm f16
     is the plugin's own default."""
-    arm = platform.machine().lower() in ("aarch64", "arm64")
-    if backend == "openvino" and device == "CPU" and precision == "int8" and variant == "f16" and not arm:
+    from .fingerprint import cpu_family
+
+    if backend == "openvino" and device == "CPU" and precision == "int8" and variant == "f16" and cpu_family() != "arm":
         return "OpenVINO runs INT8 products under f16 through reference kernels on x86 (minutes per image)"
     return None
 
@@ -83,8 +83,8 @@ def supported_variants(backend: str, device: str = "CPU", precision: str | None 
     variants = BACKENDS[backend].execution_variants
     if not variants or not backend_available(backend):
         return ()
-    if backend == "onnxruntime":
-        return ("bf16",) if "bf16" in variants and precision != "fp16" and arm_bf16() else ()
+    if backend == "onnxruntime":  # MLAS is the CPU provider's: no variant for CUDA / TensorRT providers
+        return ("bf16",) if "bf16" in variants and device == "CPU" and precision != "fp16" and arm_bf16() else ()
     if backend != "openvino":
         return ()
     caps = _openvino_capabilities(device)

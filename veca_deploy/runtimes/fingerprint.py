@@ -66,8 +66,8 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
         model = dt or platform.processor() or None
     raw = set((fields.get("flags") or fields.get("features") or "").split())
     isa = [f for f in ISA_FLAGS if f in raw]
-    if (platform.machine().lower() in ("aarch64", "arm64") or "asimd" in raw) and "neon" not in isa:
-        isa.insert(0, "neon")  # NEON (asimd) is mandatory on AArch64
+    if ((cpuinfo is None and cpu_family() == "arm") or "asimd" in raw) and "neon" not in isa:
+        isa.insert(0, "neon")  # NEON (asimd) is mandatory on AArch64 (this machine's, or text that says asimd)
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -99,8 +99,14 @@ def isa_class(isa: Any, arch: str | None = None) -> str:
     ``amx`` (AMX-INT8/BF16 tiles), ``avx512-vnni`` (AVX-512 with VNNI or BF16, no AMX: Cascade/Ice
     Lake, AMD Zen 4/5), ``avx512`` (AVX-512, no VNNI: Skylake-SP), ``avx-vnni`` (AVX2 plus the
     256-bit VNNI of Intel client cores, no AVX-512), ``avx2``, ``arm`` or ``other``. ``isa``: raw
-    flags (``cpu_info()["isa"]``); ``arch``: the machine (default: decided by the flags alone)."""
+    flags (``cpu_info()["isa"]``); ``arch``: the machine (it decides the family when given;
+    without it the flags alone decide)."""
     have = set(isa or ())
+    family = cpu_family(arch) if arch else None
+    if family == "arm" or (family is None and {"neon", "asimd"} & have and "avx2" not in have):
+        return "arm"
+    if family not in (None, "x86"):
+        return "other"
     if {"amx_int8", "amx_bf16"} & have:
         return "amx"
     if {"avx512_vnni", "avx512vnni", "avx512_bf16"} & have:
@@ -111,8 +117,6 @@ def isa_class(isa: Any, arch: str | None = None) -> str:
         return "avx-vnni"
     if "avx2" in have:
         return "avx2"
-    if (arch is not None and cpu_family(arch) == "arm") or {"neon", "asimd"} & have:
-        return "arm"
     return "other"
 
 

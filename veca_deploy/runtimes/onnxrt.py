@@ -50,17 +50,22 @@ class OnnxRuntimeRunner(Runner):
         if self.options.get("allow_spinning") is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options["allow_spinning"] else "0")
         prec = self.options.get("inference_precision")
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
         if prec not in (None, "", "f32"):
             from . import arm_bf16
 
-            if prec != "bf16" or not arm_bf16():
+            names = {p if isinstance(p, str) else p[0] for p in providers}
+            why = ("ONNX Runtime offers no other inference precision" if prec != "bf16" else
+                   "this CPU is not AArch64 with BF16" if not arm_bf16() else
+                   "it is a CPU-provider setting, and this runner uses " + ", ".join(sorted(names))
+                   if names != {"CPUExecutionProvider"} else "")
+            if why:
                 raise UsageError(f"{self.path.name}: ONNX Runtime runs inference precision {prec} only as bf16 "
-                                 "fast-math GEMMs on AArch64 CPUs with BF16; this device has none")
+                                 f"fast-math GEMMs on AArch64 CPUs with BF16 ({why})")
             so.add_session_config_entry(FASTMATH_BF16, "1")
         if self.options.get("profile"):
             so.enable_profiling = True
             so.profile_file_prefix = str(self.options["profile"])
-        providers = self.options.get("providers") or ["CPUExecutionProvider"]
         available = ort.get_available_providers()
         missing = [p if isinstance(p, str) else p[0] for p in providers]
         missing = [p for p in missing if p not in available]

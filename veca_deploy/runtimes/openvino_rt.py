@@ -126,12 +126,16 @@ class OpenVINORunner(Runner):
         except Exception as e:
             msg = first_line(e)
             raise BundleError(f"{self.path.name}: OpenVINO cannot load it ({msg})") from None
-        ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         try:
-            check_execution_precision(self.path.name, prec, getattr(ran, "get_type_name", lambda: str(ran))())
-        except UsageError:
-            self.compiled = None
-            raise
+            ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # noqa: BLE001 - a device without the property (NPU): nothing to check against
+            ran = None
+        if ran is not None and prec not in (None, "", "f32"):  # an execution variant must run as asked
+            try:
+                check_execution_precision(self.path.name, prec, getattr(ran, "get_type_name", lambda: str(ran))())
+            except UsageError:
+                self.compiled = None
+                raise
         # the dynamic-batch model is read and compiled the first time another batch size comes (Lane)
         self.served_batch = 1 if static == "1" else None
         self._dynamic_compiled = None
@@ -147,7 +151,8 @@ class OpenVINORunner(Runner):
         declared = [set(p.get_names()) for p in model.outputs]
         self._outputs = [_output_name(p, declared[i] if i < len(declared) else set())
                          for i, p in enumerate(self.compiled.outputs)]
-        self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()}, "execution_precision": str(ran)}
+        self.settings = {"device": device, **{k: str(v) for k, v in cfg.items()},
+                         "execution_precision": str(ran) if ran is not None else "unknown"}
         if tail or tail_off:
             self.settings["low_precision_tail"] = "True" if tail else tail_off
         if static is not None:

@@ -10,6 +10,7 @@ fp32 > fp16 > int8.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -35,7 +36,7 @@ class Tier:
     precision: str
     backend: str
     artifact: str  # artifact id
-    execution: str | None = None  # execution variant (OpenVINO inference precision), None: the default
+    execution: str | None = None  # execution variant (the runner's inference precision), None: the default
 
     def __str__(self) -> str:
         run = f" {self.backend}" + (f" in {self.execution}" if self.execution else "")
@@ -175,16 +176,21 @@ def variant_failed(rec: dict[str, Any], cores: int) -> bool:
     return not isinstance(tiers, list) or str(cores) in {str(t) for t in tiers}
 
 
+#: the CPU family of a device whose profile does not say (a hand-made or pre-fingerprint one)
+UNKNOWN_FAMILY = "unknown"
+
+
 def record_applies(rec: dict[str, Any], device: str, family: str) -> bool:
     """Whether an execution variant's eval record speaks for ``device`` (id) of CPU ``family``.
     "Could not run" is a fact about the machine that tried (its OpenVINO, its ISA): it applies
     there only. A measured accuracy applies to CPUs of the same family (x86: f32 accumulation on
     every bf16/f16 path; Arm runs other kernels), where the device's own golden gate still decides
-    whether the variant is served at all (:func:`~veca_deploy.selector.profile.golden_gate`)."""
+    whether the variant is served at all (:func:`~veca_deploy.selector.profile.golden_gate`).
+    A record or device whose family is unknown is taken as the same family."""
     if rec.get("error"):
         return rec.get("device") == device
     fam = rec.get("family") or legacy_family(rec.get("device"))
-    return fam is None or fam == family
+    return fam is None or family == UNKNOWN_FAMILY or fam == family
 
 
 def legacy_family(device: Any) -> str | None:
@@ -198,8 +204,10 @@ def legacy_family(device: Any) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def this_device() -> tuple[str, str]:
-    """(device id, CPU family) of this machine."""
+    """(device id, CPU family) of this machine (read once per process: the fingerprint touches
+    CUDA on GPU hosts)."""
     from ..runtimes.fingerprint import cpu_family, device_id
 
     return device_id(), cpu_family()

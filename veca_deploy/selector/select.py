@@ -124,9 +124,10 @@ def profile_device(profile: Profile) -> tuple[str, str]:
     """(device id, CPU family) of the machine that measured ``profile``: whose eval records apply
     in an offline selection for it (:func:`~veca_deploy.selector.candidates.record_applies`)."""
     from ..runtimes.fingerprint import cpu_family
+    from .candidates import UNKNOWN_FAMILY, legacy_family
 
     arch = ((profile.fingerprint or {}).get("cpu") or {}).get("arch")
-    return profile.device, cpu_family(arch) if arch else "unknown"
+    return profile.device, cpu_family(arch) if arch else (legacy_family(profile.device) or UNKNOWN_FAMILY)
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -250,6 +251,10 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
         profile = load_profile(bundle)
         missing = [c for c in cands if profile is None or (profile.timing(c, threads) is None
                                                             and profile.error(c) is None)]
+        if missing and not measure:
+            # an execution variant this profile has not timed (a profile older than the variant,
+            # or one whose gate never ran) is skipped below; the artifacts' own runs must be there
+            missing = [c for c in missing if not c.variant]
         if missing:
             if not measure:
                 from .profile import stale_count
@@ -279,8 +284,8 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
             err = profile.error(c) if profile is not None else None
             if budget_ms is None and err is None and not c.variant:
                 measured.append(Measured(c, math.nan))  # no budget: an artifact needs no timing to be chosen
-            else:  # failed here, or an execution variant not yet gated on this device
-                skipped.append(f"{c.key}: {err or ('not gated here (run veca-deploy bench)' if c.variant and budget_ms is None else 'not measured')}")
+            else:  # failed here, or an execution variant not yet gated and timed on this device
+                skipped.append(f"{c.key}: {err or ('not gated here (run veca-deploy bench)' if c.variant else 'not measured')}")
             continue
         measured.append(Measured(c, t.percentile(percentile)))
     if not measured:

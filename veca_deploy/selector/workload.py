@@ -277,6 +277,8 @@ def select_workload(bundle: Bundle, streams: int, fps: float, budget_ms: float |
         profile = load_profile(bundle)
     missing = [c for c in cands if profile is None or (profile.timing(c, threads) is None
                                                         and profile.error(c) is None)]
+    if missing and not measure:  # an execution variant the profile has not timed is skipped below
+        missing = [c for c in missing if not c.variant]
     if missing and not measure:
         raise BudgetError(f"no latency profile for this device covering {len(missing)} candidate(s); "
                           "run veca-deploy bench --concurrency first")
