@@ -60,7 +60,7 @@ class TaskModel(nn.Module):
 
 def create_task_model(backbone: str | VecaConfig | nn.Module, head: dict[str, Any], **overrides: Any) -> TaskModel:
     """A TaskModel from a registry name (with config overrides), a config, or a built backbone."""
-    from .registry import model_config
+    from .families import model_config
     from .veca import VECA
 
     if isinstance(backbone, str):
