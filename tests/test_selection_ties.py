@@ -605,3 +605,13 @@ def test_a_refusal_here_does_not_erase_another_machines_measurement():
     assert profile_device(Profile(device="orin-12c-aarch64-00aa11", fingerprint={})) == ("orin-12c-aarch64-00aa11",
                                                                                         "arm")
     assert profile_device(Profile(device="handmade", fingerprint={}))[1] == "unknown"
+
+
+def test_eval_names_the_named_variants_it_cannot_measure_here(monkeypatch):
+    """A named variant no installed backend runs natively here is not measured, and eval says so."""
+    import veca_deploy.calibration.evaluate as ev
+
+    monkeypatch.setattr(ev, "supported_variants",
+                        lambda b, device="CPU", precision=None: ("bf16",) if b == "openvino" else ())
+    assert ev.unmeasured_variants(["bf16", "f16"]) == ["f16"]
+    assert ev.unmeasured_variants(True) == [] and ev.unmeasured_variants(False) == []

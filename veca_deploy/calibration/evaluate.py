@@ -31,7 +31,7 @@ from ..preprocess import Preprocess
 from ..compare.comparator import Target, default_batch, run_outputs
 from ..compare.records import pack_hits, record_samples, variant_records
 from ..metrics import MeanAbsError, MeanIoU, Metric, PerSample, Top1
-from ..formats import variant_options
+from ..formats import BACKENDS, variant_options
 from ..runtimes import FORMAT_BACKEND, artifact_variants, backend_available, supported_variants
 from ..seg_data import SEG_SOURCE
 from .data import EVAL_PHOTO_SEED, PHOTOS
@@ -332,6 +332,15 @@ def execution_variants(art: Artifact, variants: bool | Sequence[str]) -> list[st
         return []
     native = set(supported_variants(backend, precision=art.precision))
     return [v for v in named if v in native]
+
+
+def unmeasured_variants(variants: bool | Sequence[str]) -> list[str]:
+    """The variants of a named list that :func:`execution_variants` leaves out everywhere here:
+    no installed backend runs them natively on this machine (what ``eval`` says it skipped)."""
+    if isinstance(variants, bool):
+        return []
+    native = {v for b in BACKENDS if backend_available(b) for v in supported_variants(b)}
+    return [v for v in variants if v not in native]
 
 
 def _measure_one(root: Path, art: Artifact, data: EvalData, pre: Preprocess, manifest: Manifest,

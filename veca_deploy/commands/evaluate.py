@@ -47,7 +47,7 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, var
     """
     from rich.table import Table
 
-    from ..calibration.evaluate import METRIC_LABELS, evaluate, tier_values
+    from ..calibration.evaluate import METRIC_LABELS, evaluate, tier_values, unmeasured_variants
     from ..errors import QuantizationError
 
     wanted = _variants(variants)
@@ -55,16 +55,11 @@ def command(bundle_dir, data, json_out, limit, backends, metric, allow_drop, var
         report = evaluate(bundle_dir, data=data, limit=limit, backends=parse_list(backends), allow_drop=allow_drop,
                           json_out=json_out, write=not no_write, gate_results=False, progress=rep,
                           overwrite=overwrite, metric=metric, variants=wanted)
-    if isinstance(wanted, list) and wanted:
-        from ..formats import BACKENDS
-        from ..runtimes import backend_available, supported_variants
-
-        native = {v for b in BACKENDS if backend_available(b) for v in supported_variants(b)}
-        absent = [v for v in wanted if v not in native]
-        if absent:
-            console.print(f"not measured: {', '.join(absent)} (this machine does not run "
-                          f"{'it' if len(absent) == 1 else 'them'} natively; an accuracy is measured where it runs)",
-                          highlight=False, soft_wrap=True)
+    absent = unmeasured_variants(wanted)
+    if absent:
+        console.print(f"not measured: {', '.join(absent)} (this machine does not run "
+                      f"{'it' if len(absent) == 1 else 'them'} natively; an accuracy is measured where it runs)",
+                      highlight=False, soft_wrap=True)
     kept = report.get("kept") or []
     if kept:
         sizes = sorted({k["recorded_samples"] for k in kept})

@@ -55,10 +55,13 @@ class OnnxRuntimeRunner(Runner):
             from . import arm_bf16
 
             names = {p if isinstance(p, str) else p[0] for p in providers}
-            why = ("ONNX Runtime offers no other inference precision" if prec != "bf16" else
-                   "this CPU is not AArch64 with BF16" if not arm_bf16() else
-                   "it is a CPU-provider setting, and this runner uses " + ", ".join(sorted(names))
-                   if names != {"CPUExecutionProvider"} else "")
+            why = ""
+            if prec != "bf16":
+                why = "ONNX Runtime offers no other inference precision"
+            elif not arm_bf16():
+                why = "this CPU is not AArch64 with BF16"
+            elif names != {"CPUExecutionProvider"}:
+                why = "it is a CPU-provider setting, and this runner uses " + ", ".join(sorted(names))
             if why:
                 raise UsageError(f"{self.path.name}: ONNX Runtime runs inference precision {prec} only as bf16 "
                                  f"fast-math GEMMs on AArch64 CPUs with BF16 ({why})")

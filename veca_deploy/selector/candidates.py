@@ -257,14 +257,15 @@ def candidates(bundle: Bundle, backends: list[str], tiers: list[int] | None = No
         if measured:
             device = device or this_device()
             measured = {v: r for v, r in measured.items() if record_applies(r, *device)}
+        backend = format_backend(a.format)
+        own_variants = artifact_variants(backend, a.precision, per_backend.get(backend, ()))
         for c in a.tiers:
             if tiers and c not in tiers:
                 continue
             acc, n = accuracy(bundle, a, c), accuracy_samples(bundle, a)
             rec = accuracy_record(a, c) if acc is not None and n else None
             out.append(Candidate(a, c, acc, None, n, rec))
-            for v in artifact_variants(format_backend(a.format), a.precision,
-                                       per_backend.get(format_backend(a.format), ())):
+            for v in own_variants:
                 own = measured.get(v)
                 if own is not None and variant_failed(own, c):
                     continue  # failed its accuracy gate where eval measured it: never a candidate

@@ -111,13 +111,36 @@ def _profiled(profile: Profile, backend: Any) -> tuple[list[str], dict[str, list
             if b not in BACKENDS:
                 raise UsageError(f"unknown backend {b!r}; choose from auto, {', '.join(BACKENDS)}")
         have = [b for b in names if b in have]
-    variants: dict[str, list[str]] = {}
-    for e in profile.entries.values():
-        if isinstance(e, dict) and e.get("execution") and e.get("backend") in have:
-            variants.setdefault(e["backend"], [])
-            if str(e["execution"]) not in variants[e["backend"]]:
-                variants[e["backend"]].append(str(e["execution"]))
-    return have, {b: sorted(v) for b, v in variants.items()}
+    entries = [e for e in profile.entries.values() if isinstance(e, dict) and e.get("execution")]
+    return have, {b: sorted({str(e["execution"]) for e in entries if e.get("backend") == b}) for b in have}
+
+
+def scoped_candidates(bundle: Bundle, backend: Any, tiers: list[int] | None, precisions: list[str] | None,
+                      profile: Profile | None, offline: bool) -> list[Candidate]:
+    """The candidates a selection weighs: this machine's backends and variants, or (``offline``)
+    those the device behind ``profile`` measured, with eval's records as they apply to that device.
+    No candidate at all is a UsageError."""
+    if offline:
+        if profile is None:
+            raise UsageError("offline selection needs a profile")
+        backends, variants = _profiled(profile, backend)
+    else:
+        backends, variants = resolve_backends(backend, bundle), True
+    cands = candidates(bundle, backends, tiers, precisions, variants, profile_device(profile) if offline else None)
+    if not cands:
+        raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
+                         + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
+    return cands
+
+
+def unprofiled(cands: list[Candidate], profile: Profile | None, threads: int | None, measure: bool
+               ) -> list[Candidate]:
+    """Candidates with neither a valid timing nor an error in ``profile``: to measure now, or, when
+    not measuring, those whose absence refuses the selection (an execution variant the profile
+    has not timed, e.g. one a newer veca-deploy offers, is skipped instead)."""
+    missing = [c for c in cands if profile is None or (profile.timing(c, threads) is None
+                                                        and profile.error(c) is None)]
+    return missing if measure else [c for c in missing if not c.variant]
 
 
 def profile_device(profile: Profile) -> tuple[str, str]:
@@ -230,17 +253,8 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
     from .preprocess_cost import parse_input_size
 
     input_size = parse_input_size(input_size)
-    if offline:
-        if profile is None:
-            raise UsageError("offline selection needs a profile")
-        measure = False
-        backends, variants = _profiled(profile, backend)
-    else:
-        backends, variants = resolve_backends(backend, bundle), True
-    cands = candidates(bundle, backends, tiers, precisions, variants, profile_device(profile) if offline else None)
-    if not cands:
-        raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
-                         + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
+    cands = scoped_candidates(bundle, backend, tiers, precisions, profile, offline)
+    measure = measure and not offline
     profiled = False
     if budget_ms is None and profile is None:
         try:
@@ -249,12 +263,7 @@ def select(bundle: Bundle, budget_ms: float | None, *, percentile: float = 95, b
             profile = None
     elif profile is None:
         profile = load_profile(bundle)
-        missing = [c for c in cands if profile is None or (profile.timing(c, threads) is None
-                                                            and profile.error(c) is None)]
-        if missing and not measure:
-            # an execution variant this profile has not timed (a profile older than the variant,
-            # or one whose gate never ran) is skipped below; the artifacts' own runs must be there
-            missing = [c for c in missing if not c.variant]
+        missing = unprofiled(cands, profile, threads, measure)
         if missing:
             if not measure:
                 from .profile import stale_count

@@ -30,10 +30,10 @@ from ..errors import BackendUnavailable, BudgetError, UsageError, VecaError
 from ..runtimes import create_runner
 from ..runtimes.pool import ASYNC_BACKENDS, create_pool, measure_pool, stream_options, usable_cores
 from ..runtimes.timing import Timing
-from .candidates import Candidate, candidates, resolve_backends
+from .candidates import Candidate
 from .profile import (CONCURRENCY_KEY, Profile, _describe, _now, carry_concurrency, example_feed, load_profile,
                       measure_candidates, runner_options, save_profile)
-from .select import Measured, Selection, _profiled, check_budget, decide, profile_device, rank
+from .select import Measured, Selection, check_budget, decide, rank, scoped_candidates, unprofiled
 
 Progress = Callable[..., None]
 
@@ -261,24 +261,12 @@ def select_workload(bundle: Bundle, streams: int, fps: float, budget_ms: float |
     streams, fps = check_workload(streams, fps)
     check_budget(budget_ms, percentile, margin)
     wanted = parse_levels(levels)
-    if offline:
-        if profile is None:
-            raise UsageError("offline selection needs a profile")
-        measure = False
-        backends, variants = _profiled(profile, backend)
-    else:
-        backends, variants = resolve_backends(backend, bundle), True
-    cands = candidates(bundle, backends, tiers, precisions, variants, profile_device(profile) if offline else None)
-    if not cands:
-        raise UsageError(f"{bundle.root}: no artifacts for backend(s) {', '.join(backends) or 'none available'}"
-                         + (f", tiers {tiers}" if tiers else "") + (f", precisions {precisions}" if precisions else ""))
+    cands = scoped_candidates(bundle, backend, tiers, precisions, profile, offline)
+    measure = measure and not offline
     profiled = False
     if profile is None:
         profile = load_profile(bundle)
-    missing = [c for c in cands if profile is None or (profile.timing(c, threads) is None
-                                                        and profile.error(c) is None)]
-    if missing and not measure:  # an execution variant the profile has not timed is skipped below
-        missing = [c for c in missing if not c.variant]
+    missing = unprofiled(cands, profile, threads, measure)
     if missing and not measure:
         raise BudgetError(f"no latency profile for this device covering {len(missing)} candidate(s); "
                           "run veca-deploy bench --concurrency first")
